@@ -1,0 +1,164 @@
+"""Driver side of one training run: validate data, fit preprocessing, build the Ray Data
+pipelines and the TorchTrainer, track in MLflow. Tune trials and ablation runs call `fit` too.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.data
+import ray.train
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from ple_adatt.config.loading import config_to_yaml, flatten
+from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.data.files import check_dataset, split_files
+from ple_adatt.data.preprocess import Packer, PreprocessState, fit_preprocessing
+from ple_adatt.tracking import mlflow_tracking as mt
+from ple_adatt.train.loop import train_loop_per_worker
+
+
+class ResourceError(ValueError):
+    pass
+
+
+@dataclass
+class FitResult:
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    best_checkpoint_path: str | None
+    run_dir: str
+    tracking_uri: str | None
+    mlflow_run_id: str | None
+    error: BaseException | None = None
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster in RAY_ADDRESS (ray job submit) or a running local one; else start one."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    quiet_data_progress()
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, log_to_driver=True)
+
+
+def quiet_data_progress() -> None:
+    """Ray Data's per-operator progress bars flood job logs; our loop prints one line per epoch."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    """Fail before any worker starts if the cluster can never host the run."""
+    total = ray.cluster_resources()
+    s = cfg.scaling
+    if s.use_gpu:
+        need = s.num_workers * s.gpus_per_worker
+        if total.get("GPU", 0) < need:
+            raise ResourceError(f"scaling.use_gpu=true needs {need:g} GPU(s) but the Ray cluster has "
+                                f"{total.get('GPU', 0):g}; set scaling.use_gpu=false or add GPU nodes")
+    need_cpu = s.num_workers * s.cpus_per_worker
+    if total.get("CPU", 0) < need_cpu:
+        raise ResourceError(f"scaling.num_workers={s.num_workers} x scaling.cpus_per_worker={s.cpus_per_worker:g} "
+                            f"needs {need_cpu:g} CPUs but the Ray cluster has {total.get('CPU', 0):g}; "
+                            f"lower them (fractions are fine: scaling.cpus_per_worker=0.5)")
+
+
+def build_datasets(cfg: ExperimentConfig, state: PreprocessState, splits=("train", "val")) -> dict[str, ray.data.Dataset]:
+    """Lazy Ray Data pipelines: read_parquet -> select_columns -> map_batches(pack)."""
+    spec, tasks = cfg.dataset, cfg.task_names()
+    quiet_data_progress()
+    out = {}
+    for split in splits:
+        with_oracles = split != "train"
+        cols = spec.input_columns() + [spec.task(t).label for t in tasks]
+        if with_oracles:
+            cols += [spec.task(t).oracle for t in tasks if spec.task(t).oracle]
+        ds = ray.data.read_parquet(split_files(spec, split)).select_columns(list(dict.fromkeys(cols)))
+        out[split] = ds.map_batches(Packer(spec, state, tasks, with_oracles=with_oracles),
+                                    batch_format="pyarrow", batch_size=4096, zero_copy_batch=True)
+    return out
+
+
+def storage_dir(cfg: ExperimentConfig) -> str:
+    return str(Path(cfg.run.storage_path).expanduser().resolve())
+
+
+def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list | None = None,
+        parent_run_id: str | None = None, verbose: bool = True) -> FitResult:
+    """Train one experiment with Ray Train. Relaunching with the same run name resumes it."""
+    rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())  # before any worker starts
+    state = fit_preprocessing(cfg.dataset)
+    ensure_ray()
+    check_resources(cfg)
+    name = run_name or cfg.run_name()
+    storage = storage_dir(cfg)
+
+    uri = run_id = None
+    if cfg.tracking.enabled:
+        uri = mt.resolve_tracking_uri(cfg.tracking.uri, storage)
+        run_id, resumed = mt.start_run(uri, cfg.tracking.experiment or cfg.name, name,
+                                       flatten(cfg.model_dump(mode="json", exclude={"dataset"})),
+                                       parent_run_id=parent_run_id, tags={"dataset": cfg.dataset.name})
+        if verbose:
+            print(f"[ple-adatt] MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {uri}", flush=True)
+
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
+    exec_opts = ray.data.ExecutionOptions(preserve_order=True)  # deterministic block order -> reproducible shards
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": cfg.model_dump(mode="json"), "preprocess": state.to_dict(),
+                           "train_rows": rows["train"], "tracking_uri": uri, "mlflow_run_id": run_id},
+        torch_config=TorchConfig(timeout_s=600),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures,
+                                         controller_failure_limit=cfg.run.controller_failure_limit),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep,
+                                               checkpoint_score_attribute=cfg.train.checkpoint_metric,
+                                               checkpoint_score_order=cfg.train.checkpoint_mode),
+            callbacks=list(callbacks or [])),
+        datasets=build_datasets(cfg, state),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=exec_opts, enable_shard_locality=False),
+    )
+    error = None
+    try:
+        result = trainer.fit()
+    except Exception as e:  # noqa: BLE001 - recorded in MLflow, then re-raised
+        if run_id:
+            mt.RunLogger(uri, run_id).finish("FAILED")
+        raise
+    metrics = dict(result.metrics or {})
+    ckpt = result.checkpoint.path if result.checkpoint else None
+    best = None
+    if result.best_checkpoints:
+        best = result.get_best_checkpoint(cfg.train.checkpoint_metric, cfg.train.checkpoint_mode)
+        best = best.path if best else None
+    out = FitResult(metrics, ckpt, best, str(Path(storage) / name), uri, run_id, error)
+    if run_id:
+        _log_final(cfg, out)
+    return out
+
+
+def _log_final(cfg: ExperimentConfig, res: FitResult) -> None:
+    log = mt.RunLogger(res.tracking_uri, res.mlflow_run_id)
+    d = Path(res.run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "resolved_config.yaml").write_text(config_to_yaml(cfg))
+    (d / "final_metrics.json").write_text(json.dumps(res.metrics, indent=2, sort_keys=True))
+    (d / "best_checkpoint.json").write_text(json.dumps({"best": res.best_checkpoint_path, "latest": res.checkpoint_path}, indent=2))
+    for f in ("resolved_config.yaml", "final_metrics.json", "best_checkpoint.json"):
+        log.log_artifact(d / f)
+    log.set_tag("best_checkpoint", str(res.best_checkpoint_path))
+    log.finish("FINISHED")

@@ -1,0 +1,186 @@
+"""Baseline multi-task family: single-task, shared-bottom, MMoE and PLE (CGC levels, MLP experts).
+
+Notation: B batch, T tasks, E experts, D width. Every model maps a batch dict to a dict of
+per-task logits (binary/regression [B], multiclass/contrastive [B, C]) and shares the same
+input encoder and towers, so comparisons differ only in the extraction layer.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, hidden: list[int], dropout: float) -> nn.Sequential:
+    """Linear -> LayerNorm -> SiLU -> Dropout blocks; output width hidden[-1] (or in_dim if empty)."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(in_dim, h), nn.LayerNorm(h), nn.SiLU(), nn.Dropout(dropout)]
+        in_dim = h
+    return nn.Sequential(*layers)
+
+
+class InputEncoder(nn.Module):
+    """Flattens float groups and embeds categorical groups: batch -> [B, D_in].
+
+    `inputs` maps batch keys to {"kind", "shape" | "cardinalities"} (see data.preprocess.input_shapes).
+    """
+
+    def __init__(self, inputs: dict[str, dict], embedding_dim: int):
+        super().__init__()
+        self.float_keys = sorted(k for k, v in inputs.items() if v["kind"] != "categorical")
+        self.cat_keys = sorted(k for k, v in inputs.items() if v["kind"] == "categorical")
+        self.embeddings = nn.ModuleDict({
+            k.replace("/", "__"): nn.ModuleList(nn.Embedding(c, embedding_dim) for c in inputs[k]["cardinalities"])
+            for k in self.cat_keys
+        })
+        width = 1
+        self.out_dim = 0
+        for k in self.float_keys:
+            width = 1
+            for s in inputs[k]["shape"]:
+                width *= s
+            self.out_dim += width
+        self.out_dim += sum(len(inputs[k]["cardinalities"]) * embedding_dim for k in self.cat_keys)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = [batch[k].flatten(1) for k in self.float_keys]
+        for k in self.cat_keys:
+            idx = batch[k]  # [B, C]
+            parts += [emb(idx[:, i]) for i, emb in enumerate(self.embeddings[k.replace("/", "__")])]
+        return torch.cat(parts, dim=1)  # [B, D_in]
+
+
+class Towers(nn.Module):
+    """Per-task towers: [B, D] -> logits ([B] for 1-output tasks, [B, C] otherwise)."""
+
+    def __init__(self, in_dims: dict[str, int], out_dims: dict[str, int], hidden: list[int], dropout: float):
+        super().__init__()
+        self.towers = nn.ModuleDict({
+            t: nn.Sequential(mlp(in_dims[t], hidden, dropout), nn.Linear(hidden[-1] if hidden else in_dims[t], out_dims[t]))
+            for t in out_dims
+        })
+
+    def forward(self, reps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for t, tower in self.towers.items():
+            y = tower(reps[t])
+            out[t] = y.squeeze(-1) if y.shape[-1] == 1 else y
+        return out
+
+
+class ExpertGate(nn.Module):
+    """Softmax gate mixing E experts for one task: x [B, D_in], experts [B, E, D] -> [B, D]."""
+
+    def __init__(self, in_dim: int, num_experts: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, num_experts)
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.proj(x), dim=-1)  # [B, E]
+        self.last_weights = w.detach()
+        return torch.einsum("be,bed->bd", w, experts)  # [B, D]
+
+
+class MultiTaskModel(nn.Module):
+    """encoder -> extractor -> towers. `extractor(x [B, D_in]) -> {task: [B, D_t]}`."""
+
+    def __init__(self, encoder: InputEncoder, extractor: nn.Module, towers: Towers):
+        super().__init__()
+        self.encoder, self.extractor, self.towers = encoder, extractor, towers
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.towers(self.extractor(self.encoder(batch)))
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class SharedBottom(nn.Module):
+    """One shared MLP for every task (Caruana 1997)."""
+
+    def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], dropout: float):
+        super().__init__()
+        self.bottom, self.tasks, self.out_dim = mlp(in_dim, hidden, dropout), tasks, hidden[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.bottom(x)  # [B, D]
+        return {t: h for t in self.tasks}
+
+
+class SingleTask(nn.Module):
+    """One independent MLP per task: the no-sharing reference."""
+
+    def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], dropout: float):
+        super().__init__()
+        self.nets = nn.ModuleDict({t: mlp(in_dim, hidden, dropout) for t in tasks})
+        self.out_dim = hidden[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {t: net(x) for t, net in self.nets.items()}
+
+
+class MMoE(nn.Module):
+    """Multi-gate mixture of experts (Ma et al., KDD 2018): E shared experts, one gate per task."""
+
+    def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], num_experts: int, dropout: float):
+        super().__init__()
+        self.experts = nn.ModuleList(mlp(in_dim, hidden, dropout) for _ in range(num_experts))
+        self.gates = nn.ModuleDict({t: ExpertGate(in_dim, num_experts) for t in tasks})
+        self.out_dim = hidden[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        e = torch.stack([f(x) for f in self.experts], dim=1)  # [B, E, D]
+        return {t: g(x, e) for t, g in self.gates.items()}
+
+
+class CGCLevel(nn.Module):
+    """One PLE extraction level (Tang et al., RecSys 2020): shared + task-specific experts.
+
+    Inputs per task and a shared input (level 1: all equal x). Each task gate mixes its own
+    experts with the shared ones; the shared gate (all experts) feeds the next level.
+    """
+
+    def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], n_shared: int, n_task: int,
+                 dropout: float, with_shared_gate: bool):
+        super().__init__()
+        self.shared = nn.ModuleList(mlp(in_dim, hidden, dropout) for _ in range(n_shared))
+        self.task_experts = nn.ModuleDict({t: nn.ModuleList(mlp(in_dim, hidden, dropout) for _ in range(n_task))
+                                           for t in tasks})
+        self.gates = nn.ModuleDict({t: ExpertGate(in_dim, n_shared + n_task) for t in tasks})
+        self.shared_gate = ExpertGate(in_dim, n_shared + n_task * len(tasks)) if with_shared_gate else None
+        self.out_dim = hidden[-1]
+
+    def forward(self, xs: dict[str, torch.Tensor], x_shared: torch.Tensor):
+        shared = [f(x_shared) for f in self.shared]  # E_s x [B, D]
+        own = {t: [f(xs[t]) for f in fs] for t, fs in self.task_experts.items()}
+        out = {t: g(xs[t], torch.stack(own[t] + shared, dim=1)) for t, g in self.gates.items()}  # [B, D]
+        if self.shared_gate is None:
+            return out, None
+        everything = shared + [e for t in self.task_experts for e in own[t]]
+        return out, self.shared_gate(x_shared, torch.stack(everything, dim=1))
+
+
+class PLE(nn.Module):
+    """Progressive layered extraction: `num_levels` CGC levels (1 level = CGC)."""
+
+    def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], n_shared: int, n_task: int,
+                 num_levels: int, dropout: float):
+        super().__init__()
+        self.tasks = tasks
+        self.levels = nn.ModuleList(
+            CGCLevel(in_dim if i == 0 else hidden[-1], hidden, tasks, n_shared, n_task, dropout,
+                     with_shared_gate=i < num_levels - 1)
+            for i in range(num_levels)
+        )
+        self.out_dim = hidden[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        xs, shared = {t: x for t in self.tasks}, x
+        for level in self.levels:
+            xs, shared = level(xs, shared)
+        return xs
+
+    def gate_weights(self) -> dict[str, torch.Tensor]:
+        """Last batch's mean gate weight per task, final level: {task: [E]}."""
+        return {t: g.last_weights.mean(0) for t, g in self.levels[-1].gates.items() if g.last_weights is not None}

@@ -1,0 +1,235 @@
+"""The training loop that runs on every Ray Train worker, top to bottom.
+
+    [1] config + preprocessing state   [2] model, optimizer, schedule (+ resume)
+    [3] epochs: shuffled shard -> forward -> masked task losses -> weighting -> backward -> step
+    [4] validation on every rank's share, gathered to rank 0 -> metrics -> report + checkpoint
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.data.preprocess import PreprocessState, input_shapes
+from ple_adatt.losses.task_losses import TASK_LOSSES
+from ple_adatt.tracking.mlflow_tracking import make_logger
+from ple_adatt.train.build import build_model, build_optimizer, build_scheduler
+from ple_adatt.train.checkpoint import load_state, save_checkpoint
+from ple_adatt.train.metrics import evaluate_predictions
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def task_losses(cfg: ExperimentConfig, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Unweighted, masked per-task losses {task: scalar} (fp32)."""
+    losses = {}
+    for t in cfg.task_names():
+        s = cfg.task_settings(t)
+        losses[t] = TASK_LOSSES[cfg.task_loss(t)](
+            out[t], batch[f"label/{t}"], batch[f"mask/{t}"],
+            focal_alpha=s.focal_alpha, focal_gamma=s.focal_gamma, huber_delta=s.huber_delta)
+    return losses
+
+
+def weighted_total(cfg: ExperimentConfig, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Fixed weights applied exactly once."""
+    return sum(cfg.task_settings(t).weight * l for t, l in losses.items())
+
+
+def autocast_context(cfg: ExperimentConfig, device: torch.device):
+    use_bf16 = device.type == "cuda" and cfg.train.amp in ("auto", "bf16")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+@torch.no_grad()
+def predict_batches(model, batches, tasks: list[str], device, keep=lambda i: True, cfg=None) -> dict:
+    """Run the model over batches; returns {task: {"logits", "label", "mask"[, "oracle"]}} numpy."""
+    model.eval()
+    acc: dict[str, dict[str, list]] = {t: {} for t in tasks}
+    for i, batch in enumerate(batches):
+        if not keep(i):
+            continue
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        with autocast_context(cfg, device) if cfg is not None else torch.autocast(device.type, enabled=False):
+            out = model(batch)
+        for t in tasks:
+            parts = {"logits": out[t].float(), "label": batch[f"label/{t}"], "mask": batch[f"mask/{t}"]}
+            if f"oracle/{t}" in batch:
+                parts["oracle"] = batch[f"oracle/{t}"]
+            for k, v in parts.items():
+                acc[t].setdefault(k, []).append(v.detach().cpu().numpy())
+    return {t: {k: np.concatenate(v) for k, v in d.items()} for t, d in acc.items() if d}
+
+
+def merge_predictions(parts: list[dict]) -> dict:
+    """Concatenate per-rank prediction dicts in rank order (deterministic)."""
+    tasks = {t for p in parts for t in p}
+    return {t: {k: np.concatenate([p[t][k] for p in parts if t in p]) for k in next(p[t] for p in parts if t in p)}
+            for t in tasks}
+
+
+def validation_loss(cfg: ExperimentConfig, preds: dict) -> dict[str, float]:
+    out, total = {}, 0.0
+    for t, p in preds.items():
+        batch = {f"label/{t}": torch.from_numpy(p["label"]), f"mask/{t}": torch.from_numpy(p["mask"])}
+        s = cfg.task_settings(t)
+        loss = TASK_LOSSES[cfg.task_loss(t)](torch.from_numpy(p["logits"]), batch[f"label/{t}"], batch[f"mask/{t}"],
+                                             focal_alpha=s.focal_alpha, focal_gamma=s.focal_gamma,
+                                             huber_delta=s.huber_delta).item()
+        out[f"{t}/loss"] = loss
+        total += s.weight * loss
+    out["loss"] = total
+    return out
+
+
+def _maybe_inject_failure(cfg: ExperimentConfig, epoch: int, rank: int) -> None:
+    fi = cfg.train.fault_injection
+    if fi is None or fi.epoch != epoch or fi.rank != rank or os.path.exists(fi.marker):
+        return
+    Path(fi.marker).parent.mkdir(parents=True, exist_ok=True)
+    Path(fi.marker).write_text(f"failed rank {rank} at epoch {epoch}\n")
+    raise RuntimeError(f"injected failure (train.fault_injection) on rank {rank} at epoch {epoch}")
+
+
+def _all_reduce_sum(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train_loop_per_worker(config: dict) -> None:
+    # [1] config and preprocessing state (re-validated: the worker trusts nothing it is handed)
+    cfg = ExperimentConfig.model_validate(config["experiment"])
+    state = PreprocessState.from_dict(config["preprocess"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    logger = make_logger(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
+    tasks, t_cfg = cfg.task_names(), cfg.train
+    task_types = {t: cfg.dataset.task(t).type for t in tasks}
+
+    # [2] model, optimizer, schedule; resume from the latest checkpoint if there is one
+    torch.manual_seed(t_cfg.seed)
+    model = build_model(cfg, input_shapes(cfg.dataset, state))
+    rows_per_rank = config["train_rows"] // world
+    steps_per_epoch = max(1, math.ceil(rows_per_rank / t_cfg.batch_size))
+    optimizer = build_optimizer(cfg, model.parameters())
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch * t_cfg.epochs)
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            saved = load_state(d)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, history = saved["epoch"] + 1, saved["history"]
+        if rank == 0:
+            print(f"[ple-adatt] resumed from checkpoint after epoch {saved['epoch']}", flush=True)
+    model = ray.train.torch.prepare_model(model)
+    raw_model = model.module if hasattr(model, "module") else model
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_iter = ray.train.get_dataset_shard("val")
+    bad_in_row, skipped_total = 0, 0
+
+    if start_epoch >= t_cfg.epochs:  # relaunch of a finished run: report the final metrics again
+        ray.train.report(history[-1] if history else {"epoch": t_cfg.epochs - 1})
+        return
+
+    # [3] epochs
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch, t_cfg.epochs):
+        _maybe_inject_failure(cfg, epoch, rank)
+        torch.manual_seed(t_cfg.seed + 1000 * (epoch + 1) + rank)  # dropout RNG: a function of epoch only
+        model.train()
+        t0, n_rows, n_batches = time.perf_counter(), 0, 0
+        loss_sums = {t: 0.0 for t in tasks}
+        batches = train_shard.iter_torch_batches(
+            batch_size=t_cfg.batch_size, prefetch_batches=2, drop_last=False,
+            local_shuffle_buffer_size=t_cfg.shuffle_buffer or None,
+            local_shuffle_seed=(t_cfg.seed * 7919 + epoch) if t_cfg.shuffle_buffer else None)
+        for batch in batches:
+            with autocast_context(cfg, device):
+                out = model(batch)
+            losses = task_losses(cfg, out, batch)
+            total = weighted_total(cfg, losses)
+            for name, aux in raw_model.aux_losses().items():
+                total = total + aux
+            finite = torch.isfinite(total.detach()).float()
+            if world > 1:  # every rank must agree to skip, or DDP's all-reduce would hang
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                bad_in_row, skipped_total = bad_in_row + 1, skipped_total + 1
+                optimizer.zero_grad(set_to_none=True)
+                if bad_in_row >= t_cfg.max_nonfinite_in_row:
+                    raise NonFiniteLossError(
+                        f"{bad_in_row} consecutive batches had a non-finite loss (epoch {epoch}); aborting. "
+                        f"Lower train.lr, check inputs for extreme values, or raise train.max_nonfinite_in_row.")
+                continue
+            bad_in_row = 0
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if t_cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            n_rows += len(batch[f"mask/{tasks[0]}"])
+            n_batches += 1
+            for t, l in losses.items():
+                loss_sums[t] += l.item()
+        train_time = time.perf_counter() - t0
+
+        # [4] validation: rank r scores batches i with i % world == r; predictions gathered on rank 0
+        preds = predict_batches(model, val_iter.iter_torch_batches(batch_size=4096, prefetch_batches=2),
+                                tasks, device, keep=lambda i: i % world == rank, cfg=cfg)
+        if world > 1:
+            gathered = [None] * world if rank == 0 else None
+            dist.gather_object(preds, gathered, dst=0)
+            preds = merge_predictions(gathered) if rank == 0 else {}
+        sums = _all_reduce_sum([n_rows, n_batches, skipped_total] + [loss_sums[t] for t in tasks], world)
+        g_rows, g_batches, g_skipped = sums[0], max(1.0, sums[1]), sums[2]
+        metrics = {"epoch": epoch, "train/samples_per_s": g_rows / max(train_time, 1e-9),
+                   "train/skipped_nonfinite_batches": g_skipped,
+                   "train/loss": sum(cfg.task_settings(t).weight * s for t, s in zip(tasks, sums[3:])) / g_batches,
+                   "lr": scheduler.get_last_lr()[0]}
+        for t, s in zip(tasks, sums[3:]):
+            metrics[f"train/{t}/loss"] = s / g_batches
+        if rank == 0:
+            metrics.update({f"val/{k}": v for k, v in validation_loss(cfg, preds).items()})
+            metrics.update({f"val/{k}": v for k, v in evaluate_predictions(task_types, preds).items()})
+            elapsed = time.perf_counter() - run_start
+            eta = elapsed / (epoch - start_epoch + 1) * (t_cfg.epochs - epoch - 1)
+            summary = " ".join(f"{k.split('/', 2)[-1]}={metrics[k]:.4f}" for k in sorted(metrics)
+                               if k.startswith("val/avg/") and k.endswith(("/auc", "/accuracy", "/rmse")))
+            print(f"[ple-adatt] epoch {epoch + 1}/{t_cfg.epochs} | {metrics['train/samples_per_s']:,.0f} samples/s | "
+                  f"train loss {metrics['train/loss']:.4f} | val loss {metrics['val/loss']:.4f} {summary} | "
+                  f"eta {_fmt_eta(eta)}", flush=True)
+        history.append(metrics)
+        logger.log_metrics(metrics, step=epoch)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_checkpoint(tmp, model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=None,
+                                epoch=epoch, history=history, cfg=cfg, preprocess=state)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")

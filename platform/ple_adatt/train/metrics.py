@@ -1,0 +1,93 @@
+"""Per-task evaluation metrics and per-type averages (never averaged across task types).
+
+Input per task: logits (numpy; [N] or [N, C]), labels [N], mask [N] bool, optional oracle.
+Names: `<task>/<metric>`, `avg/<type>/<metric>`, `<task>/oracle_<metric>`, `<task>/oracle_gap_<metric>`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import average_precision_score, f1_score, log_loss, roc_auc_score
+
+HIGHER_IS_BETTER = {"auc": True, "pr_auc": True, "logloss": False, "accuracy": True, "macro_f1": True,
+                    "top3": True, "mae": False, "rmse": False, "r2": True}
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def binary_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    if len(np.unique(y)) < 2:  # AUC undefined with one class; report NaN rather than a fake value
+        return {"auc": math.nan, "pr_auc": math.nan, "logloss": float(log_loss(y, p, labels=[0, 1]))}
+    return {"auc": float(roc_auc_score(y, p)), "pr_auc": float(average_precision_score(y, p)),
+            "logloss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))}
+
+
+def multiclass_metrics(prob: np.ndarray, y: np.ndarray, k: int = 3) -> dict[str, float]:
+    c = prob.shape[1]
+    top = np.argsort(-prob, axis=1)[:, : min(k, c)]
+    return {
+        "accuracy": float((prob.argmax(1) == y).mean()),
+        "macro_f1": float(f1_score(y, prob.argmax(1), average="macro", labels=np.arange(c), zero_division=0)),
+        f"top{k}": float((top == y[:, None]).any(1).mean()),
+        "logloss": float(log_loss(y, np.clip(prob, 1e-7, 1.0), labels=np.arange(c))),
+    }
+
+
+def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    err = pred - y
+    var = float(np.var(y))
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean())),
+            "r2": float(1 - (err**2).mean() / var) if var > 0 else math.nan}
+
+
+def task_metrics(task_type: str, logits: np.ndarray, y: np.ndarray, oracle: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics for one task on labelled rows; with `oracle`, the oracle's metrics and the gaps."""
+    if task_type == "binary":
+        m = binary_metrics(sigmoid(logits), y)
+        o = binary_metrics(np.clip(oracle, 1e-7, 1 - 1e-7), y) if oracle is not None else None
+    elif task_type in ("multiclass", "contrastive"):
+        m = multiclass_metrics(softmax(logits), y.astype(np.int64))
+        o = multiclass_metrics(oracle, y.astype(np.int64)) if oracle is not None else None
+    else:
+        m = regression_metrics(logits, y)
+        o = regression_metrics(oracle, y) if oracle is not None else None
+    if o is not None:
+        for k, v in o.items():
+            m[f"oracle_{k}"] = v
+            # oracle_gap = oracle metric - model metric (positive = room left for higher-is-better)
+            m[f"oracle_gap_{k}"] = v - m[k]
+    return m
+
+
+def evaluate_predictions(task_types: dict[str, str], preds: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """preds[task] = {"logits", "label", "mask", optional "oracle"} -> flat metric dict."""
+    out: dict[str, float] = {}
+    per_type: dict[str, dict[str, list[float]]] = {}
+    for task, ttype in task_types.items():
+        p = preds[task]
+        mask = p["mask"].astype(bool)
+        if not mask.any():
+            continue
+        oracle = p.get("oracle")
+        if oracle is not None:
+            oracle = oracle[mask]
+            if np.isnan(oracle).any():
+                oracle = None
+        m = task_metrics(ttype, p["logits"][mask], p["label"][mask], oracle)
+        out[f"{task}/n"] = float(mask.sum())
+        for k, v in m.items():
+            out[f"{task}/{k}"] = v
+            if not k.startswith("oracle") and not math.isnan(v):
+                per_type.setdefault(ttype, {}).setdefault(k, []).append(v)
+    for ttype, metrics in per_type.items():
+        for k, vals in metrics.items():
+            out[f"avg/{ttype}/{k}"] = float(np.mean(vals))
+    return out

@@ -1,0 +1,32 @@
+"""Shared fixtures. Unit tests never start Ray; integration tests share ONE local Ray session."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_data.py
+
+from tiny_data import write_tiny_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), rows=600)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole integration tier: 4 logical CPUs so 2 train workers leave room
+    for Ray Data and a Tune driver on the 2-core CI machine; capped object store."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+    ray.init(address="local", num_cpus=4, object_store_memory=300 * 1024**2,
+             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}})
+    yield ray
+    ray.shutdown()
