@@ -54,10 +54,37 @@ class ModelConfig(Section):
 
 
 class FixedWeighting(Section):
+    """Fixed task weights only (tasks.<name>.weight)."""
+
     name: Literal["fixed"] = "fixed"
 
 
-LossWeighting = Annotated[FixedWeighting, Field(discriminator="name")]
+class UncertaintyWeighting(Section):
+    """Kendall et al. (CVPR 2018): sum_k w_k (exp(-s_k) L_k + s_k), learnable s_k clamped to [-4, 4]."""
+
+    name: Literal["uncertainty"]
+
+
+class GradNormWeighting(Section):
+    """Chen et al. (ICML 2018): task weights steered so gradient norms on shared params balance."""
+
+    name: Literal["gradnorm"]
+    alpha: float = Field(1.5, ge=0.0)
+    """Restoring-force asymmetry; 0 = equal gradient norms."""
+    lr: float = Field(0.025, gt=0.0)
+    interval: int = Field(1, ge=1)
+    """Update the weights every `interval` steps (each update costs one backward per task)."""
+
+
+class DWAWeighting(Section):
+    """Liu et al. (CVPR 2019): weights from epoch-level loss ratios, K softmax(r / temperature)."""
+
+    name: Literal["dwa"]
+    temperature: float = Field(2.0, gt=0.0)
+
+
+LossWeighting = Annotated[FixedWeighting | UncertaintyWeighting | GradNormWeighting | DWAWeighting,
+                          Field(discriminator="name")]
 
 
 class FaultInjection(Section):
@@ -83,6 +110,11 @@ class TrainConfig(Section):
     """auto = bf16 autocast on GPU, off on CPU."""
     shuffle_buffer: int = Field(4096, ge=0)
     """Rows in the per-worker local shuffle buffer (seeded per epoch); 0 disables shuffling."""
+    cache_train: bool = False
+    """Materialise the packed train split in the Ray object store once (fast epochs for data that
+    fits in it); default streams from parquet every epoch, for tables larger than memory."""
+    cache_val: bool = True
+    """Materialise the packed validation split once (it is read by every rank every epoch)."""
     max_nonfinite_in_row: int = Field(20, ge=1)
     """Abort after this many consecutive batches with a non-finite loss (each is skipped)."""
     checkpoint_metric: str = "val/loss"
@@ -147,6 +179,8 @@ class ExperimentConfig(Section):
                 errors.append(
                     f"tasks.{t.name}.loss: '{loss}' does not fit a {t.type} task (valid: {list(LOSSES_BY_TYPE[t.type])})"
                 )
+        if self.model.arch == "single_task" and self.loss_weighting.name == "gradnorm":
+            errors.append("loss_weighting.name: gradnorm needs shared parameters; model.arch=single_task has none")
         if errors:
             raise ValueError("; ".join(errors))
         return self
@@ -163,6 +197,10 @@ class ExperimentConfig(Section):
 
     def run_name(self) -> str:
         return self.run.name or re.sub(r"[^A-Za-z0-9_.-]", "_", self.name)
+
+    def weighting_params(self) -> dict:
+        """Constructor arguments of the configured loss-weighting strategy."""
+        return self.loss_weighting.model_dump(exclude={"name"})
 
     def global_batch_size(self) -> int:
         return self.train.batch_size * self.scaling.num_workers

@@ -89,6 +89,13 @@ def build_datasets(cfg: ExperimentConfig, state: PreprocessState, splits=("train
     return out
 
 
+def _maybe_cached(cfg: ExperimentConfig, datasets: dict) -> dict:
+    """Per-epoch streaming re-executes the pipeline (seconds of fixed cost on small machines);
+    small splits can be packed once into the object store instead (train.cache_*)."""
+    cache = {"train": cfg.train.cache_train, "val": cfg.train.cache_val}
+    return {k: ds.materialize() if cache.get(k) else ds for k, ds in datasets.items()}
+
+
 def storage_dir(cfg: ExperimentConfig) -> str:
     return str(Path(cfg.run.storage_path).expanduser().resolve())
 
@@ -129,7 +136,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
                                                checkpoint_score_attribute=cfg.train.checkpoint_metric,
                                                checkpoint_score_order=cfg.train.checkpoint_mode),
             callbacks=list(callbacks or [])),
-        datasets=build_datasets(cfg, state),
+        datasets=_maybe_cached(cfg, build_datasets(cfg, state)),
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=exec_opts, enable_shard_locality=False),
     )
     error = None

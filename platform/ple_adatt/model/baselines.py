@@ -9,14 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def mlp(in_dim: int, hidden: list[int], dropout: float) -> nn.Sequential:
-    """Linear -> LayerNorm -> SiLU -> Dropout blocks; output width hidden[-1] (or in_dim if empty)."""
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(in_dim, h), nn.LayerNorm(h), nn.SiLU(), nn.Dropout(dropout)]
-        in_dim = h
-    return nn.Sequential(*layers)
+from ple_adatt.model.towers import TaskTower
+from ple_adatt.model.towers import mlp_blocks as mlp
 
 
 class InputEncoder(nn.Module):
@@ -51,21 +45,14 @@ class InputEncoder(nn.Module):
 
 
 class Towers(nn.Module):
-    """Per-task towers: [B, D] -> logits ([B] for 1-output tasks, [B, C] otherwise)."""
+    """Per-task towers keyed by task name: {task: [B, D_t]} -> {task: logits [B] or [B, C]}."""
 
     def __init__(self, in_dims: dict[str, int], out_dims: dict[str, int], hidden: list[int], dropout: float):
         super().__init__()
-        self.towers = nn.ModuleDict({
-            t: nn.Sequential(mlp(in_dims[t], hidden, dropout), nn.Linear(hidden[-1] if hidden else in_dims[t], out_dims[t]))
-            for t in out_dims
-        })
+        self.towers = nn.ModuleDict({t: TaskTower(in_dims[t], out_dims[t], hidden, dropout) for t in out_dims})
 
     def forward(self, reps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {}
-        for t, tower in self.towers.items():
-            y = tower(reps[t])
-            out[t] = y.squeeze(-1) if y.shape[-1] == 1 else y
-        return out
+        return {t: tower(reps[t]) for t, tower in self.towers.items()}
 
 
 class ExpertGate(nn.Module):
@@ -93,7 +80,13 @@ class MultiTaskModel(nn.Module):
         return self.towers(self.extractor(self.encoder(batch)))
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Regularisers of the last forward pass, as keyword arguments of losses.aggregate_losses
+        (cgc_entropy, dag, sae, evidential); none for the baselines."""
         return {}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task shares (GradNorm and adaTT measure task gradients on them)."""
+        return list(self.extractor.shared_parameters())
 
 
 class SharedBottom(nn.Module):
@@ -102,6 +95,9 @@ class SharedBottom(nn.Module):
     def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], dropout: float):
         super().__init__()
         self.bottom, self.tasks, self.out_dim = mlp(in_dim, hidden, dropout), tasks, hidden[-1]
+
+    def shared_parameters(self):
+        return self.bottom.parameters()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.bottom(x)  # [B, D]
@@ -116,6 +112,9 @@ class SingleTask(nn.Module):
         self.nets = nn.ModuleDict({t: mlp(in_dim, hidden, dropout) for t in tasks})
         self.out_dim = hidden[-1]
 
+    def shared_parameters(self):
+        return iter(())  # nothing is shared
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {t: net(x) for t, net in self.nets.items()}
 
@@ -128,6 +127,9 @@ class MMoE(nn.Module):
         self.experts = nn.ModuleList(mlp(in_dim, hidden, dropout) for _ in range(num_experts))
         self.gates = nn.ModuleDict({t: ExpertGate(in_dim, num_experts) for t in tasks})
         self.out_dim = hidden[-1]
+
+    def shared_parameters(self):
+        return self.experts.parameters()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         e = torch.stack([f(x) for f in self.experts], dim=1)  # [B, E, D]
@@ -174,6 +176,9 @@ class PLE(nn.Module):
             for i in range(num_levels)
         )
         self.out_dim = hidden[-1]
+
+    def shared_parameters(self):
+        return (p for level in self.levels for p in level.shared.parameters())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         xs, shared = {t: x for t in self.tasks}, x

@@ -20,7 +20,9 @@ import torch.distributed as dist
 
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.preprocess import PreprocessState, input_shapes
+from ple_adatt.losses.aggregate import aggregate_losses
 from ple_adatt.losses.task_losses import TASK_LOSSES
+from ple_adatt.losses.weighting import WEIGHTINGS
 from ple_adatt.tracking.mlflow_tracking import make_logger
 from ple_adatt.train.build import build_model, build_optimizer, build_scheduler
 from ple_adatt.train.checkpoint import load_state, save_checkpoint
@@ -43,8 +45,27 @@ def task_losses(cfg: ExperimentConfig, out: dict[str, torch.Tensor], batch: dict
 
 
 def weighted_total(cfg: ExperimentConfig, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Fixed weights applied exactly once."""
+    """Fixed weights applied exactly once (the plain reference loop in the benchmark uses this)."""
     return sum(cfg.task_settings(t).weight * l for t, l in losses.items())
+
+
+def build_weighting(cfg: ExperimentConfig) -> torch.nn.Module:
+    tasks = cfg.task_names()
+    return WEIGHTINGS[cfg.loss_weighting.name](tasks, {t: cfg.task_settings(t).weight for t in tasks},
+                                               **cfg.weighting_params())
+
+
+def mean_all_reduce(world: int):
+    """Callable averaging a tensor over ranks (None on one process): adaTT/GradNorm/uncertainty sync."""
+    if world == 1:
+        return None
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t / world
+
+    return reduce
 
 
 def autocast_context(cfg: ExperimentConfig, device: torch.device):
@@ -131,7 +152,10 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(cfg, input_shapes(cfg.dataset, state))
     rows_per_rank = config["train_rows"] // world
     steps_per_epoch = max(1, math.ceil(rows_per_rank / t_cfg.batch_size))
-    optimizer = build_optimizer(cfg, model.parameters())
+    weighting = build_weighting(cfg)
+    reduce_mean = mean_all_reduce(world)
+    optimizer = build_optimizer(cfg, [{"params": list(model.parameters())},
+                                      {"params": list(weighting.parameters()), "weight_decay": 0.0}])
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch * t_cfg.epochs)
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -139,6 +163,7 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as d:
             saved = load_state(d)
         model.load_state_dict(saved["model"])
+        weighting.load_state_dict(saved["extra"]["weighting"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         start_epoch, history = saved["epoch"] + 1, saved["history"]
@@ -163,6 +188,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         t0, n_rows, n_batches = time.perf_counter(), 0, 0
         loss_sums = {t: 0.0 for t in tasks}
+        term_sums: dict[str, float] = {}
         batches = train_shard.iter_torch_batches(
             batch_size=t_cfg.batch_size, prefetch_batches=2, drop_last=False,
             local_shuffle_buffer_size=t_cfg.shuffle_buffer or None,
@@ -171,9 +197,11 @@ def train_loop_per_worker(config: dict) -> None:
             with autocast_context(cfg, device):
                 out = model(batch)
             losses = task_losses(cfg, out, batch)
-            total = weighted_total(cfg, losses)
-            for name, aux in raw_model.aux_losses().items():
-                total = total + aux
+            present = {t: bool(batch[f"mask/{t}"].any()) for t in tasks}
+            if cfg.loss_weighting.name == "gradnorm":  # updates its task weights before the backward pass
+                weighting.gradnorm_step(losses, raw_model.shared_parameters(), present, reduce_mean)
+            weighted, extra = weighting(losses, present)
+            total, terms = aggregate_losses(weighted, extra, **raw_model.aux_losses())
             finite = torch.isfinite(total.detach()).float()
             if world > 1:  # every rank must agree to skip, or DDP's all-reduce would hang
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -188,6 +216,7 @@ def train_loop_per_worker(config: dict) -> None:
             bad_in_row = 0
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            weighting.sync_gradients(reduce_mean)
             if t_cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip)
             optimizer.step()
@@ -196,6 +225,8 @@ def train_loop_per_worker(config: dict) -> None:
             n_batches += 1
             for t, l in losses.items():
                 loss_sums[t] += l.item()
+            for k, v in terms.items():
+                term_sums[k] = term_sums.get(k, 0.0) + float(v)
         train_time = time.perf_counter() - t0
 
         # [4] validation: rank r scores batches i with i % world == r; predictions gathered on rank 0
@@ -213,6 +244,9 @@ def train_loop_per_worker(config: dict) -> None:
                    "lr": scheduler.get_last_lr()[0]}
         for t, s in zip(tasks, sums[3:]):
             metrics[f"train/{t}/loss"] = s / g_batches
+        metrics.update({f"loss_terms/{k}": v / max(1, n_batches) for k, v in term_sums.items()})  # this rank's
+        weighting.on_epoch_end({t: metrics[f"train/{t}/loss"] for t in tasks})  # identical on every rank
+        metrics.update({f"weight/{t}": w for t, w in weighting.weights().items()})
         if rank == 0:
             metrics.update({f"val/{k}": v for k, v in validation_loss(cfg, preds).items()})
             metrics.update({f"val/{k}": v for k, v in evaluate_predictions(task_types, preds).items()})
@@ -230,6 +264,7 @@ def train_loop_per_worker(config: dict) -> None:
             ckpt = None
             if rank == 0:
                 save_checkpoint(tmp, model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=None,
-                                epoch=epoch, history=history, cfg=cfg, preprocess=state)
+                                epoch=epoch, history=history, cfg=cfg, preprocess=state,
+                                extra={"weighting": weighting.state_dict()})
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")

@@ -1,0 +1,28 @@
+"""Training throughput: plain PyTorch vs Ray Train (1 and 2 workers) vs Ray Data ingest, one run.
+
+    python jobs/benchmark.py --config configs/experiments/synthetic_ple.yaml --epochs 3
+The last line printed is one JSON object (automation reads it): plain_samples_per_s,
+ray1_samples_per_s, ray2_samples_per_s, ingest_rows_per_s and the three ratios.
+"""
+import json
+
+from ple_adatt.cli import config_parser, fail
+from ple_adatt.config.loading import ConfigError, load_config
+from ple_adatt.data.files import DataError
+from ple_adatt.launch.benchmark import run_benchmark
+
+
+def main() -> None:
+    p = config_parser(__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=3, help="epochs per path; the first is warm-up")
+    a = p.parse_args()
+    try:
+        cfg = load_config(a.config, a.overrides)
+        result = run_benchmark(cfg, a.epochs)
+    except (ConfigError, DataError) as e:
+        fail(e)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Evaluate a checkpoint on any split: every task metric (and oracle gaps), printed and written as JSON.
+
+    python jobs/evaluate.py --checkpoint runs/synthetic-ple/epoch_0004 --data test
+    python jobs/evaluate.py --checkpoint ... --data other/dataset.yaml --split val --out metrics.json
+"""
+import argparse
+import json
+
+from ple_adatt.cli import fail
+from ple_adatt.launch.inference import evaluate_checkpoint
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder (holds state.pt, config.yaml)")
+    p.add_argument("--data", default="val", help="train|val|test of the checkpoint's dataset, or a dataset YAML")
+    p.add_argument("--split", default=None, help="split of --data when it is a YAML (default: test)")
+    p.add_argument("--out", default=None, help="JSON file to write (default: <checkpoint>/eval_<split>.json)")
+    a = p.parse_args()
+    try:
+        res = evaluate_checkpoint(a.checkpoint, a.data, a.split)
+    except (ValueError, FileNotFoundError) as e:
+        fail(e)
+    for k, v in sorted(res["metrics"].items()):
+        print(f"{k:<40} {v:.6f}")
+    out = a.out or f"{a.checkpoint}/eval_{res['split']}.json"
+    with open(out, "w") as f:
+        json.dump(res, f, indent=2, sort_keys=True)
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Ablation studies: variants x seeds (x sweep levels) through a Ray Tune grid, then a statistics report.
+
+    study = prepare_study("configs/ablation/adatt_on_off.yaml", ["seeds=[0,1,2]"])  # no Ray yet
+    outcome = run_study(study)            # <run.storage_path>/<study>/report/report.{md,html}
+    regenerate_report(study_name, uri)    # the same report, rebuilt from MLflow only
+
+Every variant (at every sweep level) is validated before Ray starts, all errors at once, each
+prefixed with the variant name. Runs are trials of one Tune experiment `<storage>/<study>` with
+`grid_search` over variant and seed, so re-running the same command resumes the study and skips
+finished runs. Each run is an MLflow child (tags `variant`, `seed`, sweep level) of the study's
+parent run, which carries the report metadata, so `jobs/report.py --study NAME` needs nothing else.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ple_adatt.config.loading import ConfigError, apply_overrides, read_yaml, validate
+from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.launch.study_config import StudyConfig
+from ple_adatt.launch.trial import KIND_TAG, TASK_TYPES_TAG, TrialSpec, build_trial_config, run_trial
+from ple_adatt.launch.tune import (
+    METRICS_BY_TYPE,
+    derive_max_concurrent,
+    load_base,
+    split_cli_overrides,
+    tracking_setup,
+)
+
+STUDY_KIND, STUDY_TAG, META_TAG, REPORT_DIR_TAG = "ablation_study", "ple_adatt.study", "ple_adatt.study_meta", "ple_adatt.report_dir"
+STUDY_FIELDS = set(StudyConfig.model_fields)
+
+
+@dataclass
+class Study:
+    config: StudyConfig
+    base: dict
+    base_cfg: ExperimentConfig
+    source: str
+    run_cfgs: dict[tuple, ExperimentConfig]
+    """(variant, level or None) -> validated experiment (seed = the first seed)."""
+
+    def levels(self) -> list[float | None]:
+        return list(self.config.sweep.levels) if self.config.sweep else [None]
+
+    def num_runs(self) -> int:
+        return len(self.config.variants) * len(self.config.seeds) * len(self.levels())
+
+
+def _spec(sc: StudyConfig, base: dict, storage: str = "", uri=None, experiment=None, parent=None) -> TrialSpec:
+    return TrialSpec(name=sc.name, base=base, train_storage=storage, tracking_uri=uri, experiment=experiment,
+                     parent_run_id=parent, variants={k: list(v) for k, v in sc.variants.items()},
+                     levels={k: list(v) for k, v in sc.sweep.levels.items()} if sc.sweep else None,
+                     level_name=sc.sweep.name if sc.sweep else "correlation")
+
+
+def prepare_study(path: str | Path, cli_overrides: list[str] | None = None) -> Study:
+    """Load + validate a study, its base and every (variant, level); one ConfigError with every problem."""
+    own, exp = split_cli_overrides(list(cli_overrides or []), STUDY_FIELDS)
+    problems: list[str] = []
+    raw = apply_overrides(read_yaml(path), own, problems)
+    try:
+        sc = validate(raw, StudyConfig, str(path))
+    except ConfigError as e:
+        raise ConfigError(str(path), problems + e.problems) from None
+    sc = sc.model_copy(update={"overrides": list(sc.overrides) + exp})
+    base, base_cfg = load_base(path, sc.base, sc.overrides, problems)
+    run_cfgs: dict[tuple, ExperimentConfig] = {}
+    if base_cfg is not None:
+        spec = _spec(sc, base, storage=base_cfg.run.storage_path)
+        levels = list(sc.sweep.levels) if sc.sweep else [None]
+        for variant in sc.variants:
+            for level in levels:
+                where = f"variants.{variant}" + (f" at {sc.sweep.name}={level}" if level is not None else "")
+                config = {"variant": variant, "seed": sc.seeds[0], **({"level": level} if level is not None else {})}
+                try:
+                    run_cfgs[(variant, level)] = build_trial_config(spec, config)[0]
+                except ConfigError as e:
+                    problems += [f"{where}: {p}" for p in e.problems]
+        problems += _check_tasks_and_metrics(sc, run_cfgs)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return Study(sc, base, base_cfg, str(path), run_cfgs)
+
+
+def _check_tasks_and_metrics(sc: StudyConfig, run_cfgs: dict) -> list[str]:
+    problems = []
+    for tt, metrics in sc.metrics.items():
+        bad = [m for m in metrics if m not in METRICS_BY_TYPE[tt]]
+        if bad:
+            problems.append(f"metrics.{tt}: {bad} not reported for {tt} tasks (valid: {list(METRICS_BY_TYPE[tt])})")
+    tasks = {k: tuple(c.task_names()) for k, c in run_cfgs.items()}
+    if len(set(tasks.values())) > 1:
+        problems.append("variants must train the same tasks (the report pairs them task by task): "
+                        + "; ".join(f"{k[0]}: {list(v)}" for k, v in tasks.items()))
+    return problems
+
+
+# ============================================================================ running
+
+@dataclass
+class StudyOutcome:
+    name: str
+    experiment_path: str
+    interrupted: bool
+    report_files: dict | None = None
+    results: Any = None
+    parent_run_id: str | None = None
+
+
+def study_meta(sc: StudyConfig) -> dict:
+    return {"name": sc.name, "baseline": sc.baseline, "alpha": sc.alpha, "correction": sc.correction,
+            "metrics": sc.metrics, "variants": list(sc.variants), "seeds": list(sc.seeds),
+            "sweep": sc.sweep.name if sc.sweep else None,
+            "reference": sc.sweep.reference_level() if sc.sweep else None}
+
+
+def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int = 1) -> StudyOutcome:
+    import ray
+    import ray.tune as tune
+
+    from ple_adatt.data.files import check_dataset
+    from ple_adatt.launch.fit import ensure_ray, storage_dir
+
+    sc, base_cfg = study.config, study.base_cfg
+    seen = set()
+    for cfg in study.run_cfgs.values():  # every distinct dataset (sweep levels) checked before Ray starts
+        key = json.dumps(cfg.dataset.model_dump(mode="json"), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())
+    ensure_ray()
+    n = derive_max_concurrent(ray.cluster_resources(), base_cfg, study.num_runs(), sc.max_concurrent)
+    storage = storage_dir(base_cfg)
+    exp_path = Path(storage) / sc.name
+    report_dir = exp_path / "report"
+    uri, experiment, parent = tracking_setup(
+        base_cfg, storage, f"study-{sc.name}", {"study": sc.model_dump_json()},
+        {KIND_TAG: STUDY_KIND, STUDY_TAG: sc.name, META_TAG: json.dumps(study_meta(sc)),
+         REPORT_DIR_TAG: str(report_dir)})
+    spec = _spec(sc, study.base, str(exp_path / "train"), uri, experiment, parent)
+    trainable = tune.with_parameters(run_trial, spec=spec)
+    if tune.Tuner.can_restore(str(exp_path)):
+        print(f"[ple-adatt] resuming study {sc.name} from {exp_path}", flush=True)
+        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        space: dict[str, Any] = {"variant": tune.grid_search(list(sc.variants)), "seed": tune.grid_search(list(sc.seeds))}
+        if sc.sweep:
+            space["level"] = tune.grid_search(list(sc.sweep.levels))
+        tuner = tune.Tuner(trainable, param_space=space,
+                           tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=n),
+                           run_config=tune.RunConfig(name=sc.name, storage_path=storage, verbose=verbose,
+                                                     failure_config=tune.FailureConfig(max_failures=sc.max_failures),
+                                                     callbacks=list(tune_callbacks or [])))
+    results = tuner.fit()
+    done = results.num_terminated + results.num_errors
+    if done < study.num_runs():
+        print(f"[ple-adatt] study {sc.name} interrupted after {done}/{study.num_runs()} runs; "
+              f"re-run the same command to resume", flush=True)
+        return StudyOutcome(sc.name, str(exp_path), True, parent_run_id=parent)
+    if results.num_errors:
+        print(f"[ple-adatt] study {sc.name}: {results.num_errors} run(s) failed; the report uses the others",
+              flush=True)
+    if uri and parent:
+        df, sweep = collect_from_mlflow(uri, parent, study_meta(sc))
+    else:
+        df, sweep = collect_from_results(results, sc, spec)
+    files = write_study_report(report_dir, df, sweep, study_meta(sc), uri, parent)
+    return StudyOutcome(sc.name, str(exp_path), False, files, df, parent)
+
+
+# ============================================================================ results table
+
+def metric_rows(variant: str, seed: int, level: float | None, metrics: dict, task_types: dict[str, str],
+                report_metrics: dict[str, list[str]]) -> list[dict]:
+    """Final per-task metrics of one run -> tidy rows (report contract); non-finite values dropped."""
+    rows = []
+    for task, ttype in task_types.items():
+        for m in report_metrics.get(ttype, []):
+            v = metrics.get(f"val/{task}/{m}")
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                continue
+            gap = metrics.get(f"val/{task}/oracle_gap_{m}")
+            rows.append({"variant": variant, "seed": int(seed), "task": task, "task_type": ttype, "metric": m,
+                         "value": float(v), "oracle_gap": float(gap) if isinstance(gap, (int, float)) else math.nan,
+                         "level": level})
+    return rows
+
+
+def _split(rows: list[dict], meta: dict):
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if df.empty:
+        raise ValueError(f"study {meta['name']}: no finished runs with metrics to report")
+    df = df.sort_values(["variant", "seed", "task", "metric"]).reset_index(drop=True)
+    order = [v for v in meta["variants"] if v in set(df["variant"])]
+    df["variant"] = pd.Categorical(df["variant"], order, ordered=True)
+    df = df.sort_values(["variant", "seed"]).reset_index(drop=True)
+    df["variant"] = df["variant"].astype(str)
+    if meta.get("sweep"):
+        sweep = df.rename(columns={"level": "correlation"})[
+            ["variant", "correlation", "seed", "task", "task_type", "metric", "value"]]
+        main = df[df["level"] == meta["reference"]].drop(columns=["level"])
+        return main.reset_index(drop=True), sweep
+    return df.drop(columns=["level"]), None
+
+
+def collect_from_results(results, sc: StudyConfig, spec: TrialSpec):
+    rows = []
+    for r in results:
+        if r.error is not None or not r.metrics:
+            continue
+        cfg = r.config
+        task_types = json.loads(build_trial_config(spec, cfg)[1][TASK_TYPES_TAG])
+        rows += metric_rows(cfg["variant"], cfg["seed"], cfg.get("level"), r.metrics, task_types, sc.metrics)
+    return _split(rows, study_meta(sc))
+
+
+def collect_from_mlflow(uri: str, parent_run_id: str, meta: dict):
+    """Rebuild the tidy table from the study's finished MLflow child runs (final-epoch metrics)."""
+    from ple_adatt.tracking import mlflow_tracking as mt
+
+    client = mt.RunLogger(uri, parent_run_id).client
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
+                              max_results=10000)
+    rows, seen = [], set()
+    level_name = meta.get("sweep")
+    for run in runs:
+        tags = run.data.tags
+        if "variant" not in tags or "seed" not in tags or tags["variant"] not in meta["variants"]:
+            continue
+        level = float(tags[level_name]) if level_name and level_name in tags else None
+        key = (tags["variant"], int(tags["seed"]), level)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows += metric_rows(key[0], key[1], level, run.data.metrics, json.loads(tags.get(TASK_TYPES_TAG, "{}")),
+                            meta["metrics"])
+    return _split(rows, meta)
+
+
+def write_study_report(out_dir: Path, df, sweep, meta: dict, uri: str | None, parent: str | None) -> dict:
+    from ple_adatt.report import StudyMeta, write_report
+
+    smeta = StudyMeta(name=meta["name"], baseline=meta["baseline"], alpha=meta["alpha"], correction=meta["correction"])
+    files = write_report(out_dir, df, smeta, diagnostics=None, sweep=sweep)
+    df.to_csv(Path(out_dir) / "results.csv", index=False)
+    files["results.csv"] = Path(out_dir) / "results.csv"
+    if uri and parent:
+        from ple_adatt.tracking import mlflow_tracking as mt
+
+        log = mt.RunLogger(uri, parent)
+        for f in files.values():
+            log.log_artifact(f, "report")
+        log.finish("FINISHED")
+    print(f"[ple-adatt] report: {Path(out_dir) / 'report.md'} and report.html", flush=True)
+    return files
+
+
+def find_study_run(uri: str, name: str) -> tuple[str, dict]:
+    """(parent run id, study metadata) of the most recent study run named `name` in this MLflow store."""
+    from ple_adatt.tracking import mlflow_tracking as mt
+
+    client = mt._client(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, f"tags.`{STUDY_TAG}` = '{name}' and tags.`{KIND_TAG}` = '{STUDY_KIND}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if exps else []
+    if not runs:
+        raise ValueError(f"no ablation study named '{name}' in MLflow at {uri} "
+                         f"(pass --tracking-uri, or --config with the study YAML)")
+    tags = runs[0].data.tags
+    return runs[0].info.run_id, {**json.loads(tags[META_TAG]), "report_dir": tags.get(REPORT_DIR_TAG)}
+
+
+def regenerate_report(name: str, uri: str, out_dir: str | None = None) -> dict:
+    """Rebuild a study's report from MLflow alone (no run is repeated)."""
+    parent, meta = find_study_run(uri, name)
+    df, sweep = collect_from_mlflow(uri, parent, meta)
+    return write_study_report(Path(out_dir or meta["report_dir"]), df, sweep, meta, uri, parent)

@@ -1,0 +1,117 @@
+"""Throughput benchmark: the same model, batch size and data through four paths, in one run.
+
+(a) plain single-process PyTorch over in-memory tensors, (b) Ray Train with 1 worker, (c) with 2
+workers, (d) Ray Data ingest alone (iterating packed batches, no model). Steady-state figures
+skip the first epoch of every path (process start-up, pipeline warm-up, allocator growth).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import pyarrow.dataset as pads
+import torch
+
+from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.data.files import check_dataset, split_files
+from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
+from ple_adatt.launch.inference import to_tensors
+from ple_adatt.train.build import build_model, build_optimizer, build_scheduler
+from ple_adatt.train.loop import task_losses, weighted_total
+
+
+def load_train_tensors(cfg: ExperimentConfig, state) -> dict[str, torch.Tensor]:
+    spec, tasks = cfg.dataset, cfg.task_names()
+    cols = list(dict.fromkeys(spec.input_columns() + [spec.task(t).label for t in tasks]))
+    table = pads.dataset(split_files(spec, "train"), format="parquet").to_table(columns=cols)
+    return to_tensors(Packer(spec, state, tasks)(table))
+
+
+def plain_loop(cfg: ExperimentConfig, state, epochs: int) -> list[float]:
+    """Reference: one process, tensors in memory, same model/optimizer/loss code as the worker loop."""
+    torch.manual_seed(cfg.train.seed)
+    data = load_train_tensors(cfg, state)
+    n, bs = len(next(iter(data.values()))), cfg.train.batch_size
+    model = build_model(cfg, input_shapes(cfg.dataset, state))
+    opt = build_optimizer(cfg, model.parameters())
+    sched = build_scheduler(cfg, opt, epochs * -(-n // bs))
+    rates = []
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(n)
+        t0 = time.perf_counter()
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            batch = {k: v[idx] for k, v in data.items()}
+            total = weighted_total(cfg, task_losses(cfg, model(batch), batch))
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            sched.step()
+        rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def ray_train_rates(cfg: ExperimentConfig, workers: int, name: str) -> list[float]:
+    import ray.train
+
+    from ple_adatt.launch.fit import fit
+
+    c = cfg.model_copy(update={
+        "scaling": cfg.scaling.model_copy(update={"num_workers": workers}),
+        "tracking": cfg.tracking.model_copy(update={"enabled": False}),
+        "run": cfg.run.model_copy(update={"name": name, "max_failures": 0}),
+    })
+    res = fit(c, verbose=False)
+    from ray.train import Result
+
+    df = Result.from_path(res.run_dir).metrics_dataframe
+    return [float(x) for x in df["train/samples_per_s"]]
+
+
+def ingest_rates(cfg: ExperimentConfig, state, epochs: int) -> list[float]:
+    from ple_adatt.launch.fit import build_datasets
+
+    ds = build_datasets(cfg, state, splits=("train",))["train"]
+    if cfg.train.cache_train:
+        ds = ds.materialize()
+    rates = []
+    for _ in range(epochs):
+        t0, n = time.perf_counter(), 0
+        for b in ds.iter_torch_batches(batch_size=cfg.train.batch_size, prefetch_batches=2,
+                                       local_shuffle_buffer_size=cfg.train.shuffle_buffer or None):
+            n += len(next(iter(b.values())))
+        rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def steady(rates: list[float]) -> float:
+    return float(statistics.median(rates[1:] if len(rates) > 1 else rates))
+
+
+def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench") -> dict:
+    from ple_adatt.launch.fit import ensure_ray
+
+    rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())
+    state = fit_preprocessing(cfg.dataset)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    plain = plain_loop(cfg, state, epochs)
+    ensure_ray()
+    ingest = ingest_rates(cfg, state, epochs)
+    ray1 = ray_train_rates(cfg, 1, f"{tag}-ray1")
+    ray2 = ray_train_rates(cfg, 2, f"{tag}-ray2")
+    out = {
+        "model": cfg.model.arch, "batch_size": cfg.train.batch_size, "train_rows": rows["train"], "epochs": epochs,
+        "torch_threads": torch.get_num_threads(), "cache_train": cfg.train.cache_train,
+        "plain_samples_per_s": steady(plain), "ray1_samples_per_s": steady(ray1),
+        "ray2_samples_per_s": steady(ray2), "ingest_rows_per_s": steady(ingest),
+        "per_epoch": {"plain": plain, "ray1": ray1, "ray2": ray2, "ingest": ingest},
+    }
+    out["ratio_ray1_vs_plain"] = out["ray1_samples_per_s"] / out["plain_samples_per_s"]
+    out["ratio_ray2_vs_plain"] = out["ray2_samples_per_s"] / out["plain_samples_per_s"]
+    out["ratio_ingest_vs_consumption"] = out["ingest_rows_per_s"] / out["ray1_samples_per_s"]
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}

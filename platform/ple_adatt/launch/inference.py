@@ -1,0 +1,132 @@
+"""Evaluation and batch prediction from a checkpoint, using the preprocessing state stored in it.
+
+`evaluate_checkpoint` streams parquet in-process (record batches; bounded memory).
+`predict_to_parquet` runs Ray Data `map_batches` over an actor pool, for tables larger than memory.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import torch
+
+from ple_adatt.config.dataset import DatasetSpec
+from ple_adatt.config.loading import load_dataset
+from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.data.files import check_dataset, split_files
+from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes
+from ple_adatt.train.build import build_model
+from ple_adatt.train.checkpoint import load_config_and_preprocess, load_state
+from ple_adatt.train.loop import predict_batches, validation_loss
+from ple_adatt.train.metrics import evaluate_predictions, sigmoid, softmax
+
+SPLITS = ("train", "val", "test")
+
+
+def load_model(checkpoint: str | Path) -> tuple[ExperimentConfig, PreprocessState, torch.nn.Module]:
+    cfg, state = load_config_and_preprocess(checkpoint)
+    model = build_model(cfg, input_shapes(cfg.dataset, state))
+    model.load_state_dict(load_state(checkpoint)["model"])
+    return cfg, state.__class__.from_dict(state.to_dict()), model.eval()
+
+
+def resolve_data(cfg: ExperimentConfig, data: str, split: str | None) -> tuple[DatasetSpec, str]:
+    """`data` is a split name of the checkpoint's dataset, or a dataset YAML (then `split`, default test)."""
+    if data in SPLITS:
+        return cfg.dataset, data
+    spec = load_dataset(data)
+    missing = [t for t in cfg.task_names() if t not in [x.name for x in spec.tasks]]
+    if missing:
+        raise ValueError(f"dataset {data} lacks the model's tasks {missing}")
+    return spec, split or "test"
+
+
+def _torch_batches(spec: DatasetSpec, state: PreprocessState, tasks: list[str], split: str, batch_rows: int):
+    packer = Packer(spec, state, tasks, with_oracles=True)
+    cols = list(dict.fromkeys(spec.input_columns() + [spec.task(t).label for t in tasks]
+                              + [spec.task(t).oracle for t in tasks if spec.task(t).oracle]))
+    scanner = pads.dataset(split_files(spec, split), format="parquet").scanner(columns=cols, batch_size=batch_rows)
+    for rb in scanner.to_batches():
+        if rb.num_rows:
+            yield to_tensors(packer(pa.Table.from_batches([rb])))
+
+
+def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """numpy views from Arrow are read-only; torch wants writable memory, so copy those."""
+    return {k: torch.from_numpy(v if v.flags.writeable and v.flags.c_contiguous else np.array(v))
+            for k, v in arrays.items()}
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str | None = None, batch_rows: int = 8192) -> dict:
+    cfg, state, model = load_model(checkpoint)
+    spec, split = resolve_data(cfg, data, split)
+    check_dataset(spec, (split,), cfg.task_names())
+    tasks = cfg.task_names()
+    preds = predict_batches(model, _torch_batches(spec, state, tasks, split, batch_rows), tasks, torch.device("cpu"))
+    types = {t: spec.task(t).type for t in tasks}
+    metrics = {**validation_loss(cfg, preds), **evaluate_predictions(types, preds)}
+    return {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, "metrics": metrics}
+
+
+def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Model logits -> user-facing columns: p_<t> (binary), probs_<t> + pred_<t> (multiclass), pred_<t>."""
+    cols: dict[str, np.ndarray] = {}
+    for t in cfg.task_names():
+        ttype, z = cfg.dataset.task(t).type, out[t].float().cpu().numpy()
+        if ttype == "binary":
+            cols[f"p_{t}"] = sigmoid(z).astype(np.float32)
+        elif ttype in ("multiclass", "contrastive"):
+            p = softmax(z).astype(np.float32)
+            cols[f"probs_{t}"], cols[f"pred_{t}"] = p, p.argmax(1)
+        else:
+            cols[f"pred_{t}"] = z.astype(np.float32)
+    return cols
+
+
+class BatchPredictor:
+    """Ray Data actor: loads the checkpoint once, then packs and scores pyarrow batches."""
+
+    def __init__(self, checkpoint: str):
+        self.cfg, self.state, self.model = load_model(checkpoint)
+        self.packer = Packer(self.cfg.dataset, self.state, tasks=[], with_ids=True)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        packed = self.packer(table)
+        ids = packed.pop("id", np.arange(table.num_rows))
+        with torch.no_grad():
+            out = self.model(to_tensors(packed))
+        cols = {"id": pa.array(ids)}
+        for k, v in prediction_columns(self.cfg, out).items():
+            cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1]) if v.ndim == 2 else pa.array(v)
+        return pa.table(cols)
+
+
+def predict_to_parquet(checkpoint: str | Path, data: str, out_dir: str | Path, split: str | None = None,
+                       actors: int = 1, batch_rows: int = 4096, overwrite: bool = False) -> Path:
+    import ray.data
+
+    from ple_adatt.launch.fit import ensure_ray, quiet_data_progress
+
+    cfg, _ = load_config_and_preprocess(checkpoint)
+    spec, split = resolve_data(cfg, data, split)
+    out = Path(out_dir).resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"output folder {out} is not empty; pass --overwrite to replace it")
+    cols = list(dict.fromkeys(spec.input_columns() + ([spec.id_column] if spec.id_column else [])))
+    ensure_ray()
+    quiet_data_progress()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (ray.data.read_parquet(split_files(spec, split)).select_columns(cols)
+     .map_batches(BatchPredictor, fn_constructor_args=(str(checkpoint),), concurrency=actors,
+                  batch_format="pyarrow", batch_size=batch_rows)
+     .write_parquet(str(tmp)))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # readers never see a half-written folder
+    (out / "_SOURCE.json").write_text(json.dumps({"checkpoint": str(checkpoint), "dataset": spec.name, "split": split}))
+    return out
