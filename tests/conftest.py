@@ -19,6 +19,16 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """A small synthetic financial dataset (all 16 tasks, every feature group, oracle columns)."""
+    from ple_adatt.data.synthetic import generate, load_generator_config
+
+    cfg = load_generator_config(ROOT / "configs/datasets/synthetic_financial.yaml",
+                                ["gmm_fit_rows=500", "calibration_rows=2048"])
+    return generate(cfg, 1500, tmp_path_factory.mktemp("synthetic") / "data")
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole integration tier: 4 logical CPUs so 2 train workers leave room
     for Ray Data and a Tune driver on the 2-core CI machine; capped object store."""

@@ -55,9 +55,9 @@ def test_worker_failure_resumes_from_checkpoint_and_matches(uninterrupted, tiny_
     marker = tmp_path / "failed.marker"
     cfg = load_config(SMOKE, [f"dataset={tiny_dataset}", "train.epochs=3", f"run.storage_path={tmp_path}",
                               "run.name=b", "tracking.enabled=false",
-                              f"train.fault_injection={{epoch: 2, rank: 0, marker: '{marker}'}}"])
+                              f"train.fault_injection={{epochs: [2], rank: 0, marker: '{marker}'}}"])
     res = fit(cfg, verbose=False)
-    assert marker.exists(), "the injected failure never fired"
+    assert (tmp_path / "failed.marker.e2").exists(), "the injected failure never fired"
     history = load_state(res.checkpoint_path)["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2]  # epochs 0-1 came from the checkpoint, not re-run
     _assert_close(_val(res.metrics), _val(uninterrupted.metrics), tol=1e-6)
@@ -74,3 +74,25 @@ def test_two_workers_are_reproducible(ray_session, tiny_dataset, tmp_path):
     worst = _assert_close(_val(runs[0].metrics), _val(runs[1].metrics), tol=1e-6)
     assert runs[0].metrics["weight/click"] != 1.0  # uncertainty weights moved, identically on both runs
     print(f"2-worker max |metric difference| across two runs: {worst:.2e}")
+
+
+HETERO = ["model.arch=ple_hetero", "model.experts.use=[mlp]", "adatt.enabled=true", "adatt.grad_interval=1",
+          "two_phase.enabled=true", "two_phase.phase2_epochs=2", "train.epochs=3", "tracking.enabled=false",
+          "model.logit_transfer.enabled=true", "model.logit_transfer.edges=[{source: click, target: value}]"]
+
+
+def test_adatt_two_phase_resume_is_exact(ray_session, tiny_dataset, tmp_path):
+    """Phase 1 (adaTT warmup -> dynamic -> frozen) + phase 2; killed after the dynamic epoch and
+    inside phase 2, the resumed run must reproduce the uninterrupted one."""
+    common = [f"dataset={tiny_dataset}", f"run.storage_path={tmp_path}", *HETERO]
+    clean = fit(load_config(SMOKE, common + ["run.name=u"]), verbose=False)
+    marker = tmp_path / "kill"
+    killed = fit(load_config(SMOKE, common + ["run.name=r", "run.max_failures=2",
+                                              f"train.fault_injection={{epochs: [2, 4], marker: '{marker}'}}"]),
+                 verbose=False)
+    assert (tmp_path / "kill.e2").exists() and (tmp_path / "kill.e4").exists()
+    state = load_state(killed.checkpoint_path)
+    assert state["extra"]["phase"] == 2 and [h["phase"] for h in state["history"]] == [1, 1, 1, 2, 2]
+    assert [h["adatt/phase"] for h in state["history"][:3]] == [0, 1, 2]  # warmup, dynamic, frozen
+    assert state["extra"]["adatt"]["phase_id"].item() == 3  # OFF in phase 2 (see adatt.schedule.Phase)
+    _assert_close(_val(killed.metrics), _val(clean.metrics), tol=1e-6)

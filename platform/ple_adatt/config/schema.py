@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ple_adatt.config.dataset import DatasetSpec, Section
+from ple_adatt.config.dataset import DatasetSpec, ExpertName, Section
 
 LossName = Literal["focal", "bce", "ce", "huber", "mse", "infonce"]
 # Which losses make sense for which task type (the first is the default).
@@ -35,9 +35,66 @@ class TaskTrainConfig(Section):
     huber_delta: float = Field(1.0, gt=0.0)
 
 
+class ExpertsSection(Section):
+    """ple_hetero only: the seven heterogeneous shared experts (spec §3)."""
+
+    use: list[ExpertName] = ["deepfm", "temporal", "hgcn", "perslay", "lightgcn", "causal", "optimal_transport"]
+    """Experts to build, in block order; an expert no feature group routes to is left out."""
+    disabled: list[ExpertName] = []
+    """Leave-one-out switch: experts listed here are not built even if routed."""
+    required: list[ExpertName] = []
+    """Experts that must receive input; a clear error if no group routes to one of them."""
+    out_dim: int = Field(64, ge=4)
+    hgcn_out_dim: int = Field(128, ge=4)
+    lr: dict[ExpertName, float] = {}
+    """Optional per-expert learning rates (parameter groups); others use train.lr."""
+    weight_decay: dict[ExpertName, float] = {}
+
+
+class GateSection(Section):
+    """ple_hetero only: the CGC gate over the shared expert blocks (spec §4, §11.1)."""
+
+    kind: Literal["attention", "layer", "both"] = "attention"
+    """attention = G1 CGCAttention (recommended); layer = paper-exact stacked CGCLayers; both."""
+    activation: Literal["softmax", "sigmoid"] = "softmax"
+    dim_normalize: bool = True
+    """Scale each block by sqrt(mean_dim / d_i) so a 128D expert does not dominate."""
+    domain_prior: dict[str, list[ExpertName]] = {}
+    """task -> preferred experts; their gate logits start at +1, the rest at -1."""
+    entropy_lambda: float = Field(0.01, ge=0.0)
+    levels: int = Field(1, ge=1)
+    """CGCLayer levels (kind: layer/both)."""
+
+
+class BasketSection(Section):
+    """ple_hetero only: group task-expert basket with soft cluster routing (spec §5.1)."""
+
+    enabled: bool = True
+    per_cluster_legacy: bool = False
+    """The seed's per-(task x cluster) MLPs, for the parameter-count comparison."""
+    hidden: list[int] = [128, 64]
+    out_dim: int = Field(32, ge=1)
+    cluster_dim: int = Field(32, ge=1)
+
+
+class TransferEdge(Section):
+    source: str
+    target: str
+    strength: float = Field(0.5, ge=0.0)
+
+
+class LogitTransferSection(Section):
+    """ple_hetero only: residual logit transfer along a task DAG (spec §5.2)."""
+
+    enabled: bool = False
+    edges: list[TransferEdge] = []
+    detach_source: bool = False
+
+
 class ModelConfig(Section):
-    arch: Literal["shared_bottom", "mmoe", "ple", "single_task"] = "ple"
-    """shared_bottom | mmoe | ple (CGC levels with MLP experts) | single_task (one net per task)."""
+    arch: Literal["shared_bottom", "mmoe", "ple", "single_task", "ple_hetero"] = "ple"
+    """shared_bottom | mmoe | ple (CGC levels with MLP experts) | single_task (one net per task) |
+    ple_hetero (the seed's PLE: heterogeneous experts, CGC gate, HMM, basket, logit transfer)."""
     embedding_dim: int = Field(8, ge=1)
     """Width of each categorical embedding."""
     expert_hidden: list[int] = [128, 64]
@@ -51,7 +108,52 @@ class ModelConfig(Section):
     """PLE only: stacked CGC levels (1 = CGC)."""
     tower_hidden: list[int] = [64, 32]
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    experts: ExpertsSection = ExpertsSection()
+    gate: GateSection = GateSection()
+    basket: BasketSection = BasketSection()
+    logit_transfer: LogitTransferSection = LogitTransferSection()
+    contrastive_dim: int = Field(64, ge=2)
+    contrastive_tau: float = Field(0.07, gt=0.0)
+    """Contrastive towers: embedding width and InfoNCE temperature (ple_hetero)."""
 
+
+class AdattSection(Section):
+    """adaTT: task-affinity-driven loss transfer (spec §7). Defaults from spec §7.6; off by default
+    as in the seed's final production config."""
+
+    enabled: bool = False
+    transfer_lambda: float = Field(0.1, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0)
+    ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
+    neg_threshold: float = Field(-0.1, ge=-1.0, le=1.0)
+    max_transfer_ratio: float = Field(0.5, ge=0.0)
+    grad_interval: int = Field(10, ge=1)
+    prior_blend_start: float = Field(0.5, ge=0.0, le=1.0)
+    prior_blend_end: float = Field(0.1, ge=0.0, le=1.0)
+    inter_strength: float = Field(0.3, ge=0.0)
+    intra_strength: dict[str, float] = {}
+    """task group -> intra-group prior strength (0.5 if missing)."""
+    warmup_fraction: float = Field(0.3, ge=0.0, lt=1.0)
+    freeze_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    """Phase boundaries as fractions of the phase-1 epochs, so short runs keep all three phases."""
+    affinity_on: Literal["parameters", "representation"] = "parameters"
+    """Gradients w.r.t. the shared-expert parameters (spec) or the shared representation (cheaper)."""
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.freeze_fraction <= self.warmup_fraction:
+            raise ValueError(f"freeze_fraction ({self.freeze_fraction}) must be > warmup_fraction ({self.warmup_fraction})")
+        return self
+
+
+class TwoPhaseSection(Section):
+    """Phase 2 (spec §8.1): freeze shared experts + CGC, disable adaTT, fine-tune basket and towers
+    with a fresh optimizer and schedule."""
+
+    enabled: bool = False
+    phase2_epochs: int = Field(2, ge=1)
+    phase2_lr: float | None = Field(None, gt=0.0)
+    """None = train.lr."""
 
 class FixedWeighting(Section):
     """Fixed task weights only (tasks.<name>.weight)."""
@@ -88,10 +190,12 @@ LossWeighting = Annotated[FixedWeighting | UncertaintyWeighting | GradNormWeight
 
 
 class FaultInjection(Section):
-    epoch: int = Field(ge=0)
+    epochs: list[int] = Field(min_length=1)
+    """Epochs (0-based) at whose start the rank raises, once each."""
     rank: int = Field(0, ge=0)
     marker: str
-    """File created when the failure fires; if it exists the failure does not fire again."""
+    """Path prefix of the files recording that a failure fired (<marker>.e<epoch>); an existing
+    file stops that failure from firing again."""
 
 
 class TrainConfig(Section):
@@ -158,6 +262,8 @@ class ExperimentConfig(Section):
     """Train only these dataset tasks (default: all)."""
     model: ModelConfig = ModelConfig()
     loss_weighting: LossWeighting = FixedWeighting()
+    adatt: AdattSection = AdattSection()
+    two_phase: TwoPhaseSection = TwoPhaseSection()
     train: TrainConfig = TrainConfig()
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
@@ -181,6 +287,22 @@ class ExperimentConfig(Section):
                 )
         if self.model.arch == "single_task" and self.loss_weighting.name == "gradnorm":
             errors.append("loss_weighting.name: gradnorm needs shared parameters; model.arch=single_task has none")
+        if self.model.arch == "single_task" and self.adatt.enabled:
+            errors.append("adatt.enabled: adaTT measures gradients on shared parameters; model.arch=single_task has none")
+        if self.two_phase.enabled and self.model.arch != "ple_hetero":
+            errors.append(f"two_phase.enabled: needs model.arch=ple_hetero (got {self.model.arch})")
+        tasks = set(self.task_names())
+        for i, e in enumerate(self.model.logit_transfer.edges):
+            for end in ("source", "target"):
+                if getattr(e, end) not in tasks:
+                    errors.append(f"model.logit_transfer.edges.{i}.{end}: '{getattr(e, end)}' is not an active task")
+        for t in self.model.gate.domain_prior:
+            if t not in tasks:
+                errors.append(f"model.gate.domain_prior.{t}: not an active task")
+        groups = {x.group for x in self.dataset.tasks}
+        for g in self.adatt.intra_strength:
+            if g not in groups:
+                errors.append(f"adatt.intra_strength.{g}: not a task group of the dataset (groups: {sorted(groups)})")
         if errors:
             raise ValueError("; ".join(errors))
         return self
@@ -194,6 +316,10 @@ class ExperimentConfig(Section):
 
     def task_loss(self, name: str) -> str:
         return self.task_settings(name).loss or LOSSES_BY_TYPE[self.dataset.task(name).type][0]
+
+    def total_epochs(self) -> int:
+        """Phase-1 epochs (train.epochs) plus phase-2 epochs when two-phase training is on."""
+        return self.train.epochs + (self.two_phase.phase2_epochs if self.two_phase.enabled else 0)
 
     def run_name(self) -> str:
         return self.run.name or re.sub(r"[^A-Za-z0-9_.-]", "_", self.name)

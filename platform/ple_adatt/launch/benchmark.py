@@ -33,7 +33,7 @@ def plain_loop(cfg: ExperimentConfig, state, epochs: int) -> list[float]:
     torch.manual_seed(cfg.train.seed)
     data = load_train_tensors(cfg, state)
     n, bs = len(next(iter(data.values()))), cfg.train.batch_size
-    model = build_model(cfg, input_shapes(cfg.dataset, state))
+    model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
     opt = build_optimizer(cfg, model.parameters())
     sched = build_scheduler(cfg, opt, epochs * -(-n // bs))
     rates = []
@@ -98,15 +98,22 @@ def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench") -> dic
     rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())
     state = fit_preprocessing(cfg.dataset)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    plain = plain_loop(cfg, state, epochs)
+    # Ray gives each worker OMP/torch threads = its CPUs; the reference loop gets the same, so the
+    # ratio measures the platform's overhead rather than a thread-count difference.
+    threads = max(1, int(cfg.scaling.cpus_per_worker))
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        plain = plain_loop(cfg, state, epochs)
+    finally:
+        torch.set_num_threads(prev)
     ensure_ray()
     ingest = ingest_rates(cfg, state, epochs)
     ray1 = ray_train_rates(cfg, 1, f"{tag}-ray1")
     ray2 = ray_train_rates(cfg, 2, f"{tag}-ray2")
     out = {
         "model": cfg.model.arch, "batch_size": cfg.train.batch_size, "train_rows": rows["train"], "epochs": epochs,
-        "torch_threads": torch.get_num_threads(), "cache_train": cfg.train.cache_train,
+        "torch_threads_per_worker": threads, "cache_train": cfg.train.cache_train,
         "plain_samples_per_s": steady(plain), "ray1_samples_per_s": steady(ray1),
         "ray2_samples_per_s": steady(ray2), "ingest_rows_per_s": steady(ingest),
         "per_epoch": {"plain": plain, "ray1": ray1, "ray2": ray2, "ingest": ingest},

@@ -29,7 +29,7 @@ SPLITS = ("train", "val", "test")
 
 def load_model(checkpoint: str | Path) -> tuple[ExperimentConfig, PreprocessState, torch.nn.Module]:
     cfg, state = load_config_and_preprocess(checkpoint)
-    model = build_model(cfg, input_shapes(cfg.dataset, state))
+    model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
     model.load_state_dict(load_state(checkpoint)["model"])
     return cfg, state.__class__.from_dict(state.to_dict()), model.eval()
 

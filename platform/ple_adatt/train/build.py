@@ -5,8 +5,14 @@ import math
 
 import torch
 
+from torch import nn
+
 from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.model.assembly import HeteroPLE
 from ple_adatt.model.baselines import MMoE, PLE, InputEncoder, MultiTaskModel, SharedBottom, SingleTask, Towers
+from ple_adatt.model.shared_side import build_shared_extractor
+from ple_adatt.model.task_side import LogitTransfer, task_basket
+from ple_adatt.model.towers import ContrastiveTower, TaskTower
 
 
 def task_output_dims(cfg: ExperimentConfig) -> dict[str, int]:
@@ -17,8 +23,10 @@ def task_output_dims(cfg: ExperimentConfig) -> dict[str, int]:
     return out
 
 
-def build_model(cfg: ExperimentConfig, inputs: dict[str, dict]) -> MultiTaskModel:
-    """inputs: data.preprocess.input_shapes(...) -> a MultiTaskModel emitting logits per task."""
+def build_model(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: int | None = None) -> nn.Module:
+    """inputs: data.preprocess.input_shapes(...) -> a model emitting logits per task."""
+    if cfg.model.arch == "ple_hetero":
+        return build_hetero_ple(cfg, inputs, cluster_k)
     m = cfg.model
     tasks = cfg.task_names()
     encoder = InputEncoder(inputs, m.embedding_dim)
@@ -34,12 +42,56 @@ def build_model(cfg: ExperimentConfig, inputs: dict[str, dict]) -> MultiTaskMode
     return MultiTaskModel(encoder, extractor, towers)
 
 
-ARCHS = ("shared_bottom", "single_task", "mmoe", "ple")
+ARCHS = ("shared_bottom", "single_task", "mmoe", "ple", "ple_hetero")
 
 
-def build_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
+def build_hetero_ple(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: int | None) -> HeteroPLE:
+    """The seed's PLE from its blocks; widths are derived from the blocks, never configured twice."""
+    m, spec, tasks = cfg.model, cfg.dataset, cfg.task_names()
+    groups = {key.split("/", 1)[1]: {"kind": v["kind"], "experts": v["experts"],
+                                     **({"cardinalities": v["cardinalities"]} if v["kind"] == "categorical"
+                                        else {"shape": v["shape"]})}
+              for key, v in inputs.items()}
+    task_modes = {t: spec.task(t).hmm_mode for t in tasks if spec.task(t).hmm_mode}
+    modes = list(spec.hmm)
+    shared = build_shared_extractor(
+        groups, tasks, experts=list(m.experts.use), required=list(m.experts.required),
+        expert_enabled={e: False for e in m.experts.disabled},
+        expert_kwargs={"hgcn": {"out_dim": m.experts.hgcn_out_dim},
+                       **{e: {"out_dim": m.experts.out_dim} for e in m.experts.use if e != "hgcn"}},
+        dropout=m.dropout, gate=m.gate.kind, gate_type=m.gate.activation, dim_normalize=m.gate.dim_normalize,
+        domain_prior={t: list(v) for t, v in m.gate.domain_prior.items()}, entropy_weight=m.gate.entropy_lambda,
+        cgc_layers=m.gate.levels, hmm_modes=modes, task_hmm_mode=task_modes,
+        hmm_default_mode=modes[-1] if modes else None)
+    hmm_dim = shared.hmm_dim
+    basket = None
+    if m.basket.enabled:
+        basket = task_basket(per_cluster=m.basket.per_cluster_legacy, task_dims={t: shared.task_out_dim for t in tasks},
+                             task_groups={t: spec.task(t).group for t in tasks},
+                             task_modes={t: shared.hmm.task_modes[t] for t in tasks} if shared.hmm else None,
+                             hmm_dim=hmm_dim, n_clusters=cluster_k or 0, cluster_dim=m.basket.cluster_dim,
+                             hidden_dims=list(m.basket.hidden), out_dim=m.basket.out_dim, dropout=m.dropout)
+        tower_in = m.basket.out_dim
+    else:
+        tower_in = shared.task_out_dim + hmm_dim
+    out_dims = task_output_dims(cfg)
+    towers = nn.ModuleDict({
+        t: ContrastiveTower(tower_in, out_dims[t], embed_dim=m.contrastive_dim, hidden_dims=list(m.tower_hidden),
+                            tau=m.contrastive_tau)
+        if spec.task(t).type == "contrastive" else TaskTower(tower_in, out_dims[t], list(m.tower_hidden), m.dropout)
+        for t in tasks})
+    transfer = None
+    if m.logit_transfer.enabled and m.logit_transfer.edges:
+        transfer = LogitTransfer(tasks, {t: spec.task(t).type for t in tasks}, out_dims,
+                                 [(e.source, e.target, e.strength) for e in m.logit_transfer.edges],
+                                 hidden_dim=tower_in, detach_source=m.logit_transfer.detach_source)
+    return HeteroPLE(shared, towers, tasks, basket=basket, transfer=transfer)
+
+
+def build_optimizer(cfg: ExperimentConfig, params, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW; groups may carry their own lr / weight_decay (per-expert overrides, no-decay extras)."""
     t = cfg.train
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.999))
+    return torch.optim.AdamW(params, lr=lr or t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.999))
 
 
 def build_scheduler(cfg: ExperimentConfig, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -18,7 +19,10 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from ple_adatt.adatt import AdaTT, Phase
+from ple_adatt.adatt.two_phase import freeze_parameters, prefix_predicate
 from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.model.gates import plot_gate_heatmap
 from ple_adatt.data.preprocess import PreprocessState, input_shapes
 from ple_adatt.losses.aggregate import aggregate_losses
 from ple_adatt.losses.task_losses import TASK_LOSSES
@@ -116,10 +120,13 @@ def validation_loss(cfg: ExperimentConfig, preds: dict) -> dict[str, float]:
 
 def _maybe_inject_failure(cfg: ExperimentConfig, epoch: int, rank: int) -> None:
     fi = cfg.train.fault_injection
-    if fi is None or fi.epoch != epoch or fi.rank != rank or os.path.exists(fi.marker):
+    if fi is None or epoch not in fi.epochs or fi.rank != rank:
         return
-    Path(fi.marker).parent.mkdir(parents=True, exist_ok=True)
-    Path(fi.marker).write_text(f"failed rank {rank} at epoch {epoch}\n")
+    marker = Path(f"{fi.marker}.e{epoch}")
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"failed rank {rank} at epoch {epoch}\n")
     raise RuntimeError(f"injected failure (train.fault_injection) on rank {rank} at epoch {epoch}")
 
 
@@ -136,6 +143,82 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def build_adatt(cfg: ExperimentConfig):
+    if not cfg.adatt.enabled:
+        return None
+    a, tasks = cfg.adatt, cfg.task_names()
+    return AdaTT(tasks, task_groups={t: cfg.dataset.task(t).group for t in tasks},
+                 intra_strength=dict(a.intra_strength), inter_strength=a.inter_strength,
+                 transfer_lambda=a.transfer_lambda, temperature=a.temperature, ema_decay=a.ema_decay,
+                 neg_threshold=a.neg_threshold, max_transfer_ratio=a.max_transfer_ratio,
+                 grad_interval=a.grad_interval, prior_blend_start=a.prior_blend_start,
+                 prior_blend_end=a.prior_blend_end, warmup_fraction=a.warmup_fraction,
+                 freeze_fraction=a.freeze_fraction)
+
+
+def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, extras: list[torch.nn.Module], lr: float,
+                   total_steps: int):
+    """AdamW over trainable model params (per-expert lr/wd groups for ple_hetero) + extras without
+    weight decay (uncertainty log-variances, adaTT's W), and its warmup/cosine schedule."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if hasattr(model, "shared") and (cfg.model.experts.lr or cfg.model.experts.weight_decay):
+        groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in model.shared.param_groups(
+            cfg.model.experts.lr, cfg.model.experts.weight_decay, lr, cfg.train.weight_decay)]
+        in_shared = {id(p) for p in model.shared.parameters()}
+        groups.append({"params": [p for p in trainable if id(p) not in in_shared]})
+    else:
+        groups = [{"params": trainable}]
+    groups.append({"params": [p for m in extras for p in m.parameters()], "weight_decay": 0.0})
+    optimizer = build_optimizer(cfg, [g for g in groups if g["params"]], lr)
+    return optimizer, build_scheduler(cfg, optimizer, total_steps)
+
+
+def enter_phase2(cfg: ExperimentConfig, raw_model, adatt) -> list[str]:
+    """Freeze shared experts + CGC gate, switch adaTT off (spec §8.1). Returns frozen names."""
+    frozen = freeze_parameters(raw_model.named_parameters(), prefix_predicate(raw_model.phase2_frozen_prefixes()))
+    if adatt is not None:
+        adatt.disable()
+    return frozen
+
+
+def log_gate_diagnostics(raw_model, metrics: dict, logger, last_epoch: bool, rank: int) -> None:
+    """Per-task gate entropy ratios and weights as metrics; a tasks x experts heatmap at the end."""
+    if rank != 0 or not hasattr(raw_model, "gate_diagnostics"):
+        return
+    diag = raw_model.gate_diagnostics()
+    for gate, w in diag["weights"].items():
+        labels = diag["labels"][gate]
+        for i, t in enumerate(diag["tasks"]):
+            for j, e in enumerate(labels):
+                metrics[f"gate/{gate}/{t}/{e}"] = float(w[i, j])
+    for gate, ratios in diag["entropy"].items():
+        for i, t in enumerate(diag["tasks"]):
+            metrics[f"gate/{gate}/{t}/entropy_ratio"] = float(ratios[i])
+    if last_epoch and diag["weights"]:
+        with tempfile.TemporaryDirectory() as d:
+            for gate, w in diag["weights"].items():
+                path = plot_gate_heatmap(w, diag["tasks"], diag["labels"][gate], Path(d) / f"gate_{gate}.png",
+                                         title=f"CGC gate weights ({gate})")
+                logger.log_artifact(path, "diagnostics")
+
+
+def log_adatt_diagnostics(adatt, epoch: int, metrics: dict, logger, rank: int) -> None:
+    if adatt is None or rank != 0:
+        return
+    metrics["adatt/phase"] = int(adatt.phase)
+    metrics["adatt/blend_ratio"] = float(adatt.blend_ratio)
+    neg = adatt.negative_transfer()
+    metrics["adatt/negative_pairs"] = len(neg)
+    with tempfile.TemporaryDirectory() as d:
+        for path in adatt.save_heatmaps(d, epoch):
+            logger.log_artifact(path, "diagnostics/adatt")
+        snap = Path(d) / f"adatt_e{epoch:03d}.json"
+        snap.write_text(json.dumps({"tasks": adatt.task_names, "affinity": adatt.affinity.tolist(),
+                                    "transfer_weights": adatt.transfer_weights()[0].tolist(),
+                                    "negative_pairs": [list(p) for p in neg], "phase": adatt.phase.name}))
+        logger.log_artifact(snap, "diagnostics/adatt")
+
+
 def train_loop_per_worker(config: dict) -> None:
     # [1] config and preprocessing state (re-validated: the worker trusts nothing it is handed)
     cfg = ExperimentConfig.model_validate(config["experiment"])
@@ -146,44 +229,62 @@ def train_loop_per_worker(config: dict) -> None:
     logger = make_logger(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
     tasks, t_cfg = cfg.task_names(), cfg.train
     task_types = {t: cfg.dataset.task(t).type for t in tasks}
+    phase1_epochs, total_epochs = t_cfg.epochs, cfg.total_epochs()
 
-    # [2] model, optimizer, schedule; resume from the latest checkpoint if there is one
+    # [2] model, loss weighting, adaTT, optimizer, schedule; resume from the latest checkpoint
     torch.manual_seed(t_cfg.seed)
-    model = build_model(cfg, input_shapes(cfg.dataset, state))
-    rows_per_rank = config["train_rows"] // world
-    steps_per_epoch = max(1, math.ceil(rows_per_rank / t_cfg.batch_size))
-    weighting = build_weighting(cfg)
+    raw_model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
+    weighting, adatt = build_weighting(cfg), build_adatt(cfg)
+    extras = [m for m in (weighting, adatt) if m is not None]
     reduce_mean = mean_all_reduce(world)
-    optimizer = build_optimizer(cfg, [{"params": list(model.parameters())},
-                                      {"params": list(weighting.parameters()), "weight_decay": 0.0}])
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch * t_cfg.epochs)
+    steps_per_epoch = max(1, math.ceil(config["train_rows"] // world / t_cfg.batch_size))
+    phase = 1
+    optimizer, scheduler = make_optimizer(cfg, raw_model, extras, t_cfg.lr, steps_per_epoch * phase1_epochs)
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             saved = load_state(d)
-        model.load_state_dict(saved["model"])
+        raw_model.load_state_dict(saved["model"])
         weighting.load_state_dict(saved["extra"]["weighting"])
+        if adatt is not None:
+            adatt.load_state_dict(saved["extra"]["adatt"])
+        if saved["extra"].get("phase", 1) == 2:  # rebuild the phase-2 optimizer before loading its state
+            phase = 2
+            enter_phase2(cfg, raw_model, adatt)
+            optimizer, scheduler = make_optimizer(cfg, raw_model, [weighting], cfg.two_phase.phase2_lr or t_cfg.lr,
+                                                  steps_per_epoch * cfg.two_phase.phase2_epochs)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         start_epoch, history = saved["epoch"] + 1, saved["history"]
         if rank == 0:
-            print(f"[ple-adatt] resumed from checkpoint after epoch {saved['epoch']}", flush=True)
-    model = ray.train.torch.prepare_model(model)
-    raw_model = model.module if hasattr(model, "module") else model
+            print(f"[ple-adatt] resumed from checkpoint after epoch {saved['epoch']} (phase {phase})", flush=True)
+    model = ray.train.torch.prepare_model(raw_model)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_iter = ray.train.get_dataset_shard("val")
     bad_in_row, skipped_total = 0, 0
+    global_step = start_epoch * steps_per_epoch
 
-    if start_epoch >= t_cfg.epochs:  # relaunch of a finished run: report the final metrics again
-        ray.train.report(history[-1] if history else {"epoch": t_cfg.epochs - 1})
+    if start_epoch >= total_epochs:  # relaunch of a finished run: report the final metrics again
+        ray.train.report(history[-1] if history else {"epoch": total_epochs - 1})
         return
 
     # [3] epochs
     run_start = time.perf_counter()
-    for epoch in range(start_epoch, t_cfg.epochs):
+    for epoch in range(start_epoch, total_epochs):
         _maybe_inject_failure(cfg, epoch, rank)
+        if epoch >= phase1_epochs and phase == 1:  # two-phase training: switch once, fresh optimizer
+            phase = 2
+            frozen = enter_phase2(cfg, raw_model, adatt)
+            model = ray.train.torch.prepare_model(raw_model)  # DDP must forget the frozen parameters
+            optimizer, scheduler = make_optimizer(cfg, raw_model, [weighting], cfg.two_phase.phase2_lr or t_cfg.lr,
+                                                  steps_per_epoch * cfg.two_phase.phase2_epochs)
+            if rank == 0:
+                print(f"[ple-adatt] phase 2: froze {len(frozen)} shared tensors, adaTT off", flush=True)
+        if adatt is not None and phase == 1:
+            if adatt.on_epoch_start(epoch, phase1_epochs) is Phase.FROZEN and hasattr(raw_model, "shared"):
+                raw_model.shared.freeze_gate()  # CGC and adaTT freeze together (spec §7.7)
         torch.manual_seed(t_cfg.seed + 1000 * (epoch + 1) + rank)  # dropout RNG: a function of epoch only
         model.train()
         t0, n_rows, n_batches = time.perf_counter(), 0, 0
@@ -201,10 +302,20 @@ def train_loop_per_worker(config: dict) -> None:
             if cfg.loss_weighting.name == "gradnorm":  # updates its task weights before the backward pass
                 weighting.gradnorm_step(losses, raw_model.shared_parameters(), present, reduce_mean)
             weighted, extra = weighting(losses, present)
-            total, terms = aggregate_losses(weighted, extra, **raw_model.aux_losses())
+            transfer = None
+            if adatt is not None and phase == 1:
+                by_repr = cfg.adatt.affinity_on == "representation"
+                adatt.maybe_update_affinity(
+                    global_step, weighted, counts={t: batch[f"mask/{t}"].sum() for t in weighted},
+                    params=None if by_repr else raw_model.shared_parameters(),
+                    representation=raw_model.shared_representation() if by_repr else None,
+                    all_reduce_mean=reduce_mean)
+                transfer = lambda w: adatt.transfer_losses(w, present)  # noqa: E731
+            total, terms = aggregate_losses(weighted, extra, transfer=transfer, **raw_model.aux_losses())
             finite = torch.isfinite(total.detach()).float()
             if world > 1:  # every rank must agree to skip, or DDP's all-reduce would hang
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            global_step += 1
             if finite.item() < 1:
                 bad_in_row, skipped_total = bad_in_row + 1, skipped_total + 1
                 optimizer.zero_grad(set_to_none=True)
@@ -217,8 +328,10 @@ def train_loop_per_worker(config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             weighting.sync_gradients(reduce_mean)
+            if adatt is not None:
+                adatt.sync_gradients(reduce_mean)
             if t_cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], t_cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             n_rows += len(batch[f"mask/{tasks[0]}"])
@@ -238,7 +351,7 @@ def train_loop_per_worker(config: dict) -> None:
             preds = merge_predictions(gathered) if rank == 0 else {}
         sums = _all_reduce_sum([n_rows, n_batches, skipped_total] + [loss_sums[t] for t in tasks], world)
         g_rows, g_batches, g_skipped = sums[0], max(1.0, sums[1]), sums[2]
-        metrics = {"epoch": epoch, "train/samples_per_s": g_rows / max(train_time, 1e-9),
+        metrics = {"epoch": epoch, "phase": phase, "train/samples_per_s": g_rows / max(train_time, 1e-9),
                    "train/skipped_nonfinite_batches": g_skipped,
                    "train/loss": sum(cfg.task_settings(t).weight * s for t, s in zip(tasks, sums[3:])) / g_batches,
                    "lr": scheduler.get_last_lr()[0]}
@@ -251,20 +364,23 @@ def train_loop_per_worker(config: dict) -> None:
             metrics.update({f"val/{k}": v for k, v in validation_loss(cfg, preds).items()})
             metrics.update({f"val/{k}": v for k, v in evaluate_predictions(task_types, preds).items()})
             elapsed = time.perf_counter() - run_start
-            eta = elapsed / (epoch - start_epoch + 1) * (t_cfg.epochs - epoch - 1)
+            eta = elapsed / (epoch - start_epoch + 1) * (total_epochs - epoch - 1)
             summary = " ".join(f"{k.split('/', 2)[-1]}={metrics[k]:.4f}" for k in sorted(metrics)
                                if k.startswith("val/avg/") and k.endswith(("/auc", "/accuracy", "/rmse")))
-            print(f"[ple-adatt] epoch {epoch + 1}/{t_cfg.epochs} | {metrics['train/samples_per_s']:,.0f} samples/s | "
+            print(f"[ple-adatt] epoch {epoch + 1}/{total_epochs} | {metrics['train/samples_per_s']:,.0f} samples/s | "
                   f"train loss {metrics['train/loss']:.4f} | val loss {metrics['val/loss']:.4f} {summary} | "
                   f"eta {_fmt_eta(eta)}", flush=True)
+        log_gate_diagnostics(raw_model, metrics, logger, epoch == total_epochs - 1, rank)
+        log_adatt_diagnostics(adatt, epoch, metrics, logger, rank)
         history.append(metrics)
         logger.log_metrics(metrics, step=epoch)
 
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
+                extra_state = {"weighting": weighting.state_dict(), "phase": phase,
+                               "adatt": adatt.state_dict() if adatt is not None else None}
                 save_checkpoint(tmp, model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=None,
-                                epoch=epoch, history=history, cfg=cfg, preprocess=state,
-                                extra={"weighting": weighting.state_dict()})
+                                epoch=epoch, history=history, cfg=cfg, preprocess=state, extra=extra_state)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")

@@ -1,0 +1,73 @@
+"""The seed's PLE, assembled from its blocks (spec §3–§5):
+
+    batch -> SharedExtractor (router -> heterogeneous experts -> CGC gate)     {task: [B, D_t]}
+          -> GroupTaskExpertBasket (task repr || HMM mode || soft cluster emb) {task: [B, 32]}
+          -> LogitTransfer along the task DAG, in Kahn order                   h_t += a*SiLU(LN(W y_s))
+          -> towers (TaskTower logits; ContrastiveTower similarities / tau)    {task: logits}
+
+Without the basket, a task's tower reads its gated representation concatenated with its HMM
+projection. Blocks are built elsewhere (train/build.py) and passed in: composition, no config here.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ple_adatt.model.shared_side import SharedExtractor
+
+
+class HeteroPLE(nn.Module):
+    def __init__(self, shared: SharedExtractor, towers: nn.ModuleDict, tasks: Sequence[str],
+                 basket: nn.Module | None = None, transfer: nn.Module | None = None):
+        super().__init__()
+        self.shared, self.towers, self.basket, self.transfer = shared, towers, basket, transfer
+        self.tasks = list(tasks)
+        self.order = list(transfer.order) if transfer is not None else self.tasks
+
+    def task_inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """{task: [B, D_in(tower)]}: the representation each tower (after logit transfer) reads."""
+        reps = self.shared(batch)                                              # {t: [B, D_t]}
+        hmm = self.shared.hmm
+        if self.basket is not None:
+            modes = {m: hmm.project(batch, m) for m in hmm.modes} if hmm is not None else None  # {mode: [B, 32]}
+            return self.basket(reps, modes, cluster_probs=batch.get("cluster_probs"))     # {t: [B, 32]}
+        if hmm is not None:
+            emb = hmm(batch)                                                   # {t: [B, 32]}
+            return {t: torch.cat([reps[t], emb[t]], dim=1) for t in self.tasks}
+        return reps
+
+    def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        h = self.task_inputs(batch)
+        logits: dict[str, Tensor] = {}
+        for t in self.order:  # sources before targets, so transfer sees their logits
+            x = self.transfer(t, h[t], logits) if self.transfer is not None else h[t]
+            logits[t] = self.towers[t](x)
+        return {t: logits[t] for t in self.tasks}
+
+    def aux_losses(self) -> dict[str, Tensor]:
+        """Keyword arguments for losses.aggregate_losses: CGC entropy and the causal DAG penalty."""
+        aux = self.shared.aux_losses()
+        out = {}
+        if "cgc_entropy" in aux:
+            out["cgc_entropy"] = aux["cgc_entropy"]
+        if "causal_dag" in aux:
+            out["dag"] = aux["causal_dag"]
+        return out
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The shared experts only: adaTT and GradNorm measure task gradients here (spec §11.9)."""
+        return list(self.shared.shared_expert_parameters())
+
+    def shared_representation(self) -> Tensor | None:
+        """Concat of the shared experts' outputs [B, D] from the last forward (cheap adaTT mode)."""
+        return self.shared.last_shared
+
+    def gate_diagnostics(self) -> dict:
+        return {"weights": self.shared.gate_weights(), "entropy": self.shared.gate_entropy_ratios(),
+                "labels": self.shared.gate_labels(), "tasks": list(self.shared.tasks)}
+
+    def phase2_frozen_prefixes(self) -> list[str]:
+        """Phase 2 freezes the shared experts and the CGC gate (spec §8.1)."""
+        return ["shared.experts.", "shared.attention.", "shared.layers."]
