@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from ple_adatt.config.dataset import DatasetSpec
-from ple_adatt.data.census import COLUMNS, NUMERIC, prepare_census, read_raw
+from ple_adatt.data.census import COLUMNS, MONEY, NUMERIC, prepare_census, read_raw
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests/fixtures/census"
@@ -30,8 +30,9 @@ def test_prepare_writes_parquet_and_a_valid_spec(tmp_path):
     assert [t["name"] for t in spec["tasks"]] == ["income", "marital"]
     assert set(spec["splits"]) == {"train", "val"}
     groups = spec["groups"]
-    feats = groups["numeric"]["columns"] + groups["categorical"]["columns"]
-    assert groups["numeric"]["columns"] == list(NUMERIC)
+    feats = groups["numeric"]["columns"] + groups["money"]["columns"] + groups["categorical"]["columns"]
+    assert sorted(groups["numeric"]["columns"] + groups["money"]["columns"]) == sorted(NUMERIC)
+    assert groups["money"]["log1p"] and set(groups["money"]["columns"]) == set(MONEY)
     assert len(feats) == 39 and len(set(feats)) == 39      # 40 features minus the marital label source
     assert not {"instance_weight", "income_50k", "marital_stat"} & set(feats)
     lines = _raw_lines(TRAIN)
@@ -47,7 +48,7 @@ def test_prepare_writes_parquet_and_a_valid_spec(tmp_path):
 def test_education_task_drops_its_source_columns(tmp_path):
     spec = yaml.safe_load(prepare_census(TRAIN, VAL, VAL, out_dir=tmp_path / "e", with_education=True).read_text())
     DatasetSpec.model_validate(spec)
-    feats = spec["groups"]["numeric"]["columns"] + spec["groups"]["categorical"]["columns"]
+    feats = [c for g in spec["groups"].values() for c in g["columns"]]
     assert "education" not in feats and "hs_college" not in feats
     assert [t["name"] for t in spec["tasks"]] == ["income", "marital", "education"] and "test" in spec["splits"]
     df = pq.read_table(tmp_path / "e" / "train.parquet").to_pandas()

@@ -105,3 +105,12 @@ def test_packer_shapes_masks_and_unseen_categories(tiny_dataset):
     assert out["label/stage"].dtype == np.int64 and out["label/click"].dtype == np.float32
     assert out["mask/click"].sum() < n and out["mask/stage"].all()  # nulls in y_click are masked
     assert "oracle/click" in out
+
+
+def test_log1p_numeric_group(tiny_dataset, tmp_path):
+    root = _copy(tiny_dataset, tmp_path)
+    spec = _edit_spec(root, lambda s: s["groups"]["num"].update(log1p=True))
+    st = fit_preprocessing(spec)
+    train = pa.concat_tables(pq.read_table(f) for f in sorted((root / "train").glob("*.parquet")))
+    x = train.column("x0").to_numpy()
+    np.testing.assert_allclose(st.mean["num"][0], (np.sign(x) * np.log1p(np.abs(x))).mean(), atol=1e-6)

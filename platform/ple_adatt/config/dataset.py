@@ -25,6 +25,8 @@ class NumericGroup(Section):
     columns: list[str] = Field(min_length=1)
     """Scalar numeric columns packed into feat/<group> [B, n], standardised with train stats."""
     standardize: bool = True
+    log1p: bool = False
+    """Apply sign(x) * log1p(|x|) before standardising (heavy-tailed money columns)."""
     experts: list[ExpertName] = ["mlp"]
 
 

@@ -30,6 +30,7 @@ COLUMNS = (
 # Continuous per census-income.names; the integer codes (industry, occupation, own_or_self,
 # vet_benefits, year) are nominal and go to the categorical group.
 NUMERIC = ("age", "wage_per_hour", "capital_gains", "capital_losses", "stock_dividends", "num_emp", "weeks_worked")
+MONEY = ("wage_per_hour", "capital_gains", "capital_losses", "stock_dividends")
 INCOME_VALUES = {"- 50000.": 0, "50000+.": 1}
 MARITAL_VALUES = ("Never married", "Married-civilian spouse present", "Married-spouse absent", "Separated",
                   "Divorced", "Widowed", "Married-A F spouse present")
@@ -107,7 +108,10 @@ def dataset_spec(with_education: bool, has_test: bool) -> dict:
         tasks.append({"name": "education", "type": "binary", "label": "y_education"})
     return {"name": "census_income" + ("_edu" if with_education else ""),
             "splits": {"train": "train.parquet", "val": "val.parquet"} | ({"test": "test.parquet"} if has_test else {}),
-            "groups": {"numeric": {"kind": "numeric", "columns": numeric, "experts": ["mlp"]},
+            "groups": {"numeric": {"kind": "numeric", "columns": [c for c in numeric if c not in MONEY], "experts": ["mlp"]},
+                       # dollar amounts are heavy-tailed (mostly 0, up to 99,999): log-scale them
+                       "money": {"kind": "numeric", "columns": [c for c in numeric if c in MONEY], "log1p": True,
+                                 "experts": ["mlp"]},
                        "categorical": {"kind": "categorical", "columns": categorical, "experts": ["mlp"]}},
             "tasks": tasks}
 

@@ -71,6 +71,10 @@ def list_to_numpy(arr, shape: list[int]) -> tuple[np.ndarray, np.ndarray]:
     return values, present
 
 
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
 def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> PreprocessState:
     """One streaming pass over the train split computing means/stds and vocabularies."""
     files = split_files(spec, "train")
@@ -95,7 +99,7 @@ def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> Preprocess
                 continue
             if g.kind == "numeric":
                 x = np.stack([batch.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False) for c in g.columns], 1)
-                x = x.astype(np.float64)
+                x = signed_log1p(x.astype(np.float64)) if g.log1p else x.astype(np.float64)
             else:
                 v, present = list_to_numpy(batch.column(g.column), g.shape)
                 x = v[present].reshape(-1, g.shape[-1]).astype(np.float64)
@@ -142,7 +146,7 @@ class Packer:
                 continue
             if g.kind == "numeric":
                 x = np.stack([table.column(c).cast(pa.float32()).to_numpy(zero_copy_only=False) for c in g.columns], 1)
-                x = x.astype(np.float32, copy=False)
+                x = signed_log1p(x) if g.log1p else x.astype(np.float32, copy=False)
             else:
                 x, _ = list_to_numpy(table.column(g.column), g.shape)
             if g.standardize:

@@ -18,7 +18,8 @@ from ple_adatt.data.files import check_dataset, split_files
 from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
 from ple_adatt.launch.inference import to_tensors
 from ple_adatt.train.build import build_model, build_optimizer, build_scheduler
-from ple_adatt.train.loop import task_losses, weighted_total
+from ple_adatt.losses.aggregate import aggregate_losses
+from ple_adatt.train.loop import build_adatt, build_weighting, task_losses, weighted_total
 
 
 def load_train_tensors(cfg: ExperimentConfig, state) -> dict[str, torch.Tensor]:
@@ -53,6 +54,51 @@ def plain_loop(cfg: ExperimentConfig, state, epochs: int) -> list[float]:
             sched.step()
         rates.append(n / (time.perf_counter() - t0))
     return rates
+
+
+def adatt_step_times(cfg: ExperimentConfig, state, steps: int = 44) -> dict[str, float]:
+    """Mean seconds per training step on the same batches: adaTT off, and on (dynamic phase)
+    measuring affinity on the shared-expert parameters or on the shared representation, every 1
+    or 10 steps. A mean, not a median: the measuring steps are the cost being measured."""
+    data = load_train_tensors(cfg, state)
+    n, bs = len(next(iter(data.values()))), cfg.train.batch_size
+    batches = [{k: v[i:i + bs] for k, v in data.items()} for i in range(0, min(n, bs * steps), bs)]
+    modes = {"off": None, "params_gi1": ("parameters", 1), "params_gi10": ("parameters", 10),
+             "repr_gi1": ("representation", 1), "repr_gi10": ("representation", 10)}
+    out = {}
+    for name, mode in modes.items():
+        c = cfg
+        if mode is not None:
+            c = cfg.model_copy(update={"adatt": cfg.adatt.model_copy(update={
+                "enabled": True, "affinity_on": mode[0], "grad_interval": mode[1]})})
+        torch.manual_seed(0)
+        model = build_model(c, input_shapes(c.dataset, state), state.cluster_k)
+        if mode and mode[0] == "representation" and not hasattr(model, "shared_representation"):
+            continue
+        weighting, adatt = build_weighting(c), build_adatt(c)
+        extras = [m for m in (weighting, adatt) if m is not None]
+        opt = build_optimizer(c, list(model.parameters()) + [p for m in extras for p in m.parameters()])
+        if adatt is not None:
+            adatt.on_epoch_start(1, 3)  # 3-epoch schedule: epoch 1 is the dynamic phase
+        times = []
+        for step, batch in enumerate((batches * (steps // len(batches) + 1))[:steps]):
+            t0 = time.perf_counter()
+            losses = task_losses(c, model(batch), batch)
+            present = {t: bool(batch[f"mask/{t}"].any()) for t in losses}
+            weighted, extra = weighting(losses, present)
+            transfer = None
+            if adatt is not None:
+                by_repr = c.adatt.affinity_on == "representation"
+                adatt.maybe_update_affinity(step, weighted, params=None if by_repr else model.shared_parameters(),
+                                            representation=model.shared_representation() if by_repr else None)
+                transfer = lambda w: adatt.transfer_losses(w, present)  # noqa: E731
+            total, _ = aggregate_losses(weighted, extra, transfer=transfer, **model.aux_losses())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        out[name] = float(statistics.fmean(times[4:] if len(times) > 8 else times))  # first steps: warm-up
+    return out
 
 
 def ray_train_rates(cfg: ExperimentConfig, workers: int, name: str) -> list[float]:
@@ -92,7 +138,7 @@ def steady(rates: list[float]) -> float:
     return float(statistics.median(rates[1:] if len(rates) > 1 else rates))
 
 
-def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench") -> dict:
+def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", with_adatt: bool = True) -> dict:
     from ple_adatt.launch.fit import ensure_ray
 
     rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())
@@ -121,4 +167,23 @@ def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench") -> dic
     out["ratio_ray1_vs_plain"] = out["ray1_samples_per_s"] / out["plain_samples_per_s"]
     out["ratio_ray2_vs_plain"] = out["ray2_samples_per_s"] / out["plain_samples_per_s"]
     out["ratio_ingest_vs_consumption"] = out["ingest_rows_per_s"] / out["ray1_samples_per_s"]
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+    if with_adatt:
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            step = adatt_step_times(cfg, state)
+        finally:
+            torch.set_num_threads(prev)
+        out["adatt_step_s"] = step
+        out["adatt_overhead"] = {k: v / step["off"] - 1.0 for k, v in step.items() if k != "off"}
+    return _rounded(out)
+
+
+def _rounded(x):
+    if isinstance(x, float):
+        return round(x, 4)
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x

@@ -12,7 +12,7 @@ from typing import Any
 import ray
 import ray.data
 import ray.train
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ple_adatt.config.loading import config_to_yaml, flatten
@@ -135,7 +135,8 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep,
                                                checkpoint_score_attribute=cfg.train.checkpoint_metric,
                                                checkpoint_score_order=cfg.train.checkpoint_mode),
-            callbacks=list(callbacks or [])),
+            callbacks=list(callbacks or []),
+            logging_config=LoggingConfig(log_level="WARNING")),  # our loop prints one line per epoch
         datasets=_maybe_cached(cfg, build_datasets(cfg, state)),
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=exec_opts, enable_shard_locality=False),
     )
