@@ -113,7 +113,7 @@ class TaskAffinityComputer(nn.Module):
         n = self._local_counts(losses, counts, inputs[0].device)          # [T]
         # Tasks without labelled rows here are skipped: their loss may be NaN (mean over no rows),
         # and NaN * 0 would poison the all-reduced gradient of the ranks that do have labels.
-        local = [losses.get(name) for name in self.task_names]
+        local = [losses.get(name) if k > 0 else None for k, name in zip(n.tolist(), self.task_names)]
         grads = per_task_gradients(local, inputs)                         # [T, P] of the mean losses
         if params is not None:
             # Global gradient of task i = sum_r n_ri g_ri / N_i. The 1/N_i factor is per task and

@@ -312,6 +312,9 @@ def train_loop_per_worker(config: dict) -> None:
                     all_reduce_mean=reduce_mean)
                 transfer = lambda w: adatt.transfer_losses(w, present)  # noqa: E731
             total, terms = aggregate_losses(weighted, extra, transfer=transfer, **raw_model.aux_losses())
+            # A task with no label on this rank drops out of `weighted`; keep its tower in the graph
+            # (zero gradient) so DDP's reducer sees every parameter on every rank.
+            total = total + sum((0.0 * l for t, l in losses.items() if not present[t]), total.new_zeros(()))
             finite = torch.isfinite(total.detach()).float()
             if world > 1:  # every rank must agree to skip, or DDP's all-reduce would hang
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
