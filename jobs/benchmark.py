@@ -21,7 +21,10 @@ def main() -> None:
         result = run_benchmark(cfg, a.epochs)
     except (ConfigError, DataError) as e:
         fail(e)
-    print(json.dumps(result))
+    import ray
+
+    ray.shutdown()  # flush and stop Ray's log streaming first: the JSON must be the last line
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

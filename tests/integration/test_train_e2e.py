@@ -69,7 +69,10 @@ def test_two_workers_are_reproducible(ray_session, tiny_dataset, tmp_path):
         cfg = load_config(SMOKE, [f"dataset={tiny_dataset}", "scaling.num_workers=2", "scaling.cpus_per_worker=1",
                                   f"run.storage_path={tmp_path}", f"run.name={name}", "tracking.enabled=false",
                                   "train.cache_train=false",  # exercise streaming_split determinism
-                                  "loss_weighting.name=uncertainty"])  # learnable weights synced across ranks
+                                  "loss_weighting.name=uncertainty",  # learnable weights synced across ranks
+                                  # the seed's PLE has buffers (DDP broadcasts them in forward) and 200
+                                  # validation rows are one batch: rank 1 scores none, and must not hang
+                                  "model.arch=ple_hetero", "model.experts.use=[mlp]"])
         runs.append(fit(cfg, verbose=False))
     worst = _assert_close(_val(runs[0].metrics), _val(runs[1].metrics), tol=1e-6)
     assert runs[0].metrics["weight/click"] != 1.0  # uncertainty weights moved, identically on both runs

@@ -22,7 +22,7 @@ def _campaign_yaml(tmp: Path) -> Path:
     doc = {
         "name": "itest-asha",
         "base": str(ROOT / "configs/smoke/tiny.yaml"),
-        "overrides": ["train.epochs=3", "train.cache_train=true", "train.batch_size=64"],
+        "overrides": ["train.epochs=3", "train.cache_train=true", "train.batch_size=64", "scaling.cpus_per_worker=0.5"],
         # The base lr (3e-3) is the top of the range and is enqueued first; TPE's random start-up
         # samples are far lower, so they trail the first trial after epoch 1 and ASHA stops them.
         "search_space": {
@@ -40,6 +40,52 @@ def _campaign_yaml(tmp: Path) -> Path:
     return path
 
 
+def test_study_two_variants_two_seeds_report_and_regeneration(ray_session, tiny_dataset, tmp_path):
+    import runpy
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from ple_adatt.launch.ablate import prepare_study, run_study
+
+    doc = {"name": "itest-study", "base": str(ROOT / "configs/smoke/tiny.yaml"),
+           "overrides": ["train.epochs=2", "train.cache_train=true", "train.batch_size=64",
+                         "scaling.cpus_per_worker=0.5"],
+           "variants": {"ple": [], "mmoe": ["model.arch=mmoe"]}, "baseline": "ple", "seeds": [0, 1]}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    overrides = [f"dataset={tiny_dataset}", f"run.storage_path={tmp_path / 'runs'}", "max_concurrent=1"]
+    out = run_study(prepare_study(path, overrides), verbose=0)
+    assert not out.interrupted
+    report = tmp_path / "runs" / "itest-study" / "report"
+    md = (report / "report.md").read_text()
+    for section in ("Summary", "Verdict", "Per-task results", "Paired differences vs baseline",
+                    "Per-type averages", "Oracle gaps", "Plots", "Method"):
+        assert f"## {section}" in md, section
+    for f in ("report.html", "summary.csv", "comparisons.csv", "results.csv", "seeds_binary.png"):
+        assert (report / f).is_file(), f
+    df = out.results
+    assert set(df["variant"]) == {"ple", "mmoe"} and set(df["seed"]) == {0, 1}
+    assert set(df["task"]) == {"click", "stage", "value"}
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    arts = {a.path for a in client.list_artifacts(out.parent_run_id, "report")}
+    assert {"report/report.md", "report/report.html"} <= arts
+
+    # Regenerate from MLflow only, through the job's CLI, into another folder: same table.
+    old = sys.argv
+    sys.argv = ["jobs/report.py", "--study", "itest-study", "--tracking-uri",
+                f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "--out", str(tmp_path / "regen")]
+    try:
+        runpy.run_path(str(ROOT / "jobs/report.py"), run_name="__main__")
+    finally:
+        sys.argv = old
+    regen = pd.read_csv(tmp_path / "regen" / "results.csv")
+    orig = pd.read_csv(report / "results.csv")
+    pd.testing.assert_frame_equal(regen, orig)
+    assert "## Verdict" in (tmp_path / "regen" / "report.md").read_text()
+
+
 def test_campaign_asha_interrupt_resume_best_config(ray_session, tiny_dataset, tmp_path):
     import optuna
     import ray.tune
@@ -48,28 +94,39 @@ def test_campaign_asha_interrupt_resume_best_config(ray_session, tiny_dataset, t
     from ple_adatt.launch.fit import fit
     from ple_adatt.launch.tune import prepare_campaign, run_campaign
 
-    finished_first: list[str] = []
+    marker = tmp_path / "interrupted-after"
 
     class InterruptAfterFirstTrial(ray.tune.Callback):
-        """Simulates Ctrl+C / a killed driver once one trial has finished (Tune saves its state)."""
+        """Simulates Ctrl+C once one trial has finished (Tune saves its state). Tune pickles its
+        callbacks with the experiment, so the restored copy must not fire again: a marker file."""
+
+        def __init__(self):
+            self.done: list[str] = []
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            finished_first.append(trial.trial_id)
-            os.kill(os.getpid(), signal.SIGUSR1)
+            self.done.append(trial.trial_id)
+            # After 2 trials: ASHA's rung history lives in the driver and is not part of the saved
+            # experiment, so the stop decision must happen before the interruption.
+            if len(self.done) == 2 and not marker.exists():
+                marker.write_text("\n".join(self.done))
+                os.kill(os.getpid(), signal.SIGUSR1)
 
     overrides = [f"dataset={tiny_dataset}", f"run.storage_path={tmp_path / 'runs'}"]
     campaign = prepare_campaign(_campaign_yaml(tmp_path), overrides)
     first = run_campaign(campaign, tune_callbacks=[InterruptAfterFirstTrial()], verbose=0)
-    assert first.interrupted and len(finished_first) >= 1
+    assert first.interrupted and marker.exists()
+    finished_first = marker.read_text().split("\n")
 
     out = run_campaign(prepare_campaign(_campaign_yaml(tmp_path), overrides), verbose=0)  # same name: resume
     assert not out.interrupted
     df = out.trials
     assert len(df) == 3 and df["trial_id"].is_unique, df
     assert set(finished_first) <= set(df["trial_id"])
-    # A trial finished before the interruption was not re-run: its Tune results hold one row per epoch.
-    tdir = next(p for p in Path(out.experiment_path).iterdir() if finished_first[0] in p.name)
-    assert len((tdir / "result.json").read_text().splitlines()) == 3
+    # Trials finished before the interruption were not re-run: one Tune result row per epoch trained.
+    for tid in finished_first:
+        tdir = next(p for p in Path(out.experiment_path).iterdir() if tid in p.name)
+        epochs = int(df.loc[df["trial_id"] == tid, "epochs"].item())
+        assert len((tdir / "result.json").read_text().splitlines()) == epochs
     assert (df["status"] == "early_stopped").sum() >= 1, df[["trial_id", "status", "epochs", "val/loss"]]
     assert (df["status"] == "completed").sum() >= 1
 

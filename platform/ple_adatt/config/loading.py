@@ -54,6 +54,11 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def load_config_dict(path: str | Path) -> dict[str, Any]:
+    """An experiment YAML as a plain dict, `base:` chain merged and `dataset:` refs inlined (unvalidated)."""
+    return _load_with_bases(Path(path).resolve())
+
+
 def _load_with_bases(path: Path, depth: int = 0) -> dict[str, Any]:
     data = read_yaml(path)
     base = data.pop("base", None)

@@ -291,14 +291,14 @@ class ExperimentConfig(Section):
             errors.append("adatt.enabled: adaTT measures gradients on shared parameters; model.arch=single_task has none")
         if self.two_phase.enabled and self.model.arch != "ple_hetero":
             errors.append(f"two_phase.enabled: needs model.arch=ple_hetero (got {self.model.arch})")
-        tasks = set(self.task_names())
+        # Edges and priors may name tasks outside active_tasks (they are then skipped), not unknown ones.
         for i, e in enumerate(self.model.logit_transfer.edges):
             for end in ("source", "target"):
-                if getattr(e, end) not in tasks:
-                    errors.append(f"model.logit_transfer.edges.{i}.{end}: '{getattr(e, end)}' is not an active task")
+                if getattr(e, end) not in known:
+                    errors.append(f"model.logit_transfer.edges.{i}.{end}: '{getattr(e, end)}' is not a dataset task")
         for t in self.model.gate.domain_prior:
-            if t not in tasks:
-                errors.append(f"model.gate.domain_prior.{t}: not an active task")
+            if t not in known:
+                errors.append(f"model.gate.domain_prior.{t}: not a dataset task")
         groups = {x.group for x in self.dataset.tasks}
         for g in self.adatt.intra_strength:
             if g not in groups:

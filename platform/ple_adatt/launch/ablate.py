@@ -24,6 +24,8 @@ from ple_adatt.launch.study_config import StudyConfig
 from ple_adatt.launch.trial import KIND_TAG, TASK_TYPES_TAG, TrialSpec, build_trial_config, run_trial
 from ple_adatt.launch.tune import (
     METRICS_BY_TYPE,
+    absolutize_dataset_refs,
+    clean_problems,
     derive_max_concurrent,
     load_base,
     split_cli_overrides,
@@ -57,21 +59,47 @@ def _spec(sc: StudyConfig, base: dict, storage: str = "", uri=None, experiment=N
                      level_name=sc.sweep.name if sc.sweep else "correlation")
 
 
-def prepare_study(path: str | Path, cli_overrides: list[str] | None = None) -> Study:
-    """Load + validate a study, its base and every (variant, level); one ConfigError with every problem."""
+def prepare_study(path: str | Path, cli_overrides: list[str] | None = None, *, replace_datasets: bool = False) -> Study:
+    """Load + validate a study, its base and every (variant, level); one ConfigError with every problem.
+
+    replace_datasets: drop the study's own `dataset=` overrides (variants, sweep levels) so the one in
+    `cli_overrides` applies everywhere (config tests validate against small stand-in datasets)."""
     own, exp = split_cli_overrides(list(cli_overrides or []), STUDY_FIELDS)
     problems: list[str] = []
     raw = apply_overrides(read_yaml(path), own, problems)
     try:
         sc = validate(raw, StudyConfig, str(path))
     except ConfigError as e:
-        raise ConfigError(str(path), problems + e.problems) from None
-    sc = sc.model_copy(update={"overrides": list(sc.overrides) + exp})
+        raise ConfigError(str(path), problems + clean_problems(e.problems) + _partial_checks(path, raw, exp)) from None
+    folder = Path(path).resolve().parent
+    if replace_datasets:
+        keep = lambda over: [o for o in over if not o.startswith("dataset=")]  # noqa: E731
+        sc = sc.model_copy(update={"variants": {k: keep(v) for k, v in sc.variants.items()}, **(
+            {"sweep": sc.sweep.model_copy(update={"levels": {k: keep(v) for k, v in sc.sweep.levels.items()}})}
+            if sc.sweep else {})})
+    update: dict[str, Any] = {"overrides": absolutize_dataset_refs(list(sc.overrides), folder) + exp,
+                              "variants": {k: absolutize_dataset_refs(v, folder) for k, v in sc.variants.items()}}
+    if sc.sweep:
+        update["sweep"] = sc.sweep.model_copy(update={"levels": {k: absolutize_dataset_refs(v, folder)
+                                                                 for k, v in sc.sweep.levels.items()}})
+    sc = sc.model_copy(update=update)
     base, base_cfg = load_base(path, sc.base, sc.overrides, problems)
     run_cfgs: dict[tuple, ExperimentConfig] = {}
     if base_cfg is not None:
         spec = _spec(sc, base, storage=base_cfg.run.storage_path)
-        levels = list(sc.sweep.levels) if sc.sweep else [None]
+        levels: list[float | None] = [None]
+        if sc.sweep:  # each level once (its dataset), then every variant at the levels that load
+            levels = []
+            for level, over in sc.sweep.levels.items():
+                level_problems: list[str] = []
+                try:
+                    validate(apply_overrides(base, over, level_problems), ExperimentConfig)
+                except ConfigError as e:
+                    level_problems += [p for p in e.problems if "unknown key" not in p]
+                if level_problems:
+                    problems += [f"sweep.levels.{level}: {p}" for p in level_problems]
+                else:
+                    levels.append(level)
         for variant in sc.variants:
             for level in levels:
                 where = f"variants.{variant}" + (f" at {sc.sweep.name}={level}" if level is not None else "")
@@ -84,6 +112,30 @@ def prepare_study(path: str | Path, cli_overrides: list[str] | None = None) -> S
     if problems:
         raise ConfigError(str(path), problems)
     return Study(sc, base, base_cfg, str(path), run_cfgs)
+
+
+def _partial_checks(path, raw: dict, exp: list[str]) -> list[str]:
+    """When the study itself is invalid, still check its base and each variant (one run, all errors)."""
+    problems: list[str] = []
+    if not isinstance(raw.get("base"), str):
+        return problems
+    folder = Path(path).resolve().parent
+    over = raw.get("overrides") if isinstance(raw.get("overrides"), list) else []
+    base, base_cfg = load_base(path, raw["base"], absolutize_dataset_refs([str(o) for o in over], folder) + exp,
+                               problems)
+    variants = raw.get("variants")
+    if base_cfg is None or not isinstance(variants, dict):
+        return problems
+    for name, vo in variants.items():
+        if not isinstance(vo, list):
+            continue
+        vp: list[str] = []
+        try:
+            validate(apply_overrides(base, absolutize_dataset_refs([str(o) for o in vo], folder), vp), ExperimentConfig)
+        except ConfigError as e:
+            vp += e.problems
+        problems += [f"variants.{name}: {p}" for p in vp]
+    return problems
 
 
 def _check_tasks_and_metrics(sc: StudyConfig, run_cfgs: dict) -> list[str]:
@@ -123,7 +175,7 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
     import ray.tune as tune
 
     from ple_adatt.data.files import check_dataset
-    from ple_adatt.launch.fit import ensure_ray, storage_dir
+    from ple_adatt.launch.fit import ensure_ray, local_cpus_needed, storage_dir
 
     sc, base_cfg = study.config, study.base_cfg
     seen = set()
@@ -132,7 +184,7 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
         if key not in seen:
             seen.add(key)
             check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())
-    ensure_ray()
+    ensure_ray(local_cpus_needed(base_cfg) + 1)  # + the Tune trial driver
     n = derive_max_concurrent(ray.cluster_resources(), base_cfg, study.num_runs(), sc.max_concurrent)
     storage = storage_dir(base_cfg)
     exp_path = Path(storage) / sc.name
@@ -164,11 +216,13 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
     if results.num_errors:
         print(f"[ple-adatt] study {sc.name}: {results.num_errors} run(s) failed; the report uses the others",
               flush=True)
+    diagnostics = None
     if uri and parent:
         df, sweep = collect_from_mlflow(uri, parent, study_meta(sc))
+        diagnostics = adatt_diagnostics_from_mlflow(uri, parent, study_meta(sc))
     else:
         df, sweep = collect_from_results(results, sc, spec)
-    files = write_study_report(report_dir, df, sweep, study_meta(sc), uri, parent)
+    files = write_study_report(report_dir, df, sweep, study_meta(sc), uri, parent, diagnostics)
     return StudyOutcome(sc.name, str(exp_path), False, files, df, parent)
 
 
@@ -244,11 +298,48 @@ def collect_from_mlflow(uri: str, parent_run_id: str, meta: dict):
     return _split(rows, meta)
 
 
-def write_study_report(out_dir: Path, df, sweep, meta: dict, uri: str | None, parent: str | None) -> dict:
+def adatt_diagnostics_from_mlflow(uri: str, parent_run_id: str, meta: dict):
+    """adaTT diagnostics of the study's runs: per-epoch transfer entropy (metric history) and each
+    variant's final-epoch affinity (artifact adatt/affinity_final.json, averaged over seeds)."""
+    import tempfile
+
+    import numpy as np
+    import pandas as pd
+
+    from ple_adatt.report import AdattDiagnostics
+    from ple_adatt.tracking import mlflow_tracking as mt
+
+    client = mt.RunLogger(uri, parent_run_id).client
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
+                              max_results=10000)
+    rows, mats = [], {}
+    for run in runs:
+        tags = run.data.tags
+        if "variant" not in tags or "adatt/transfer_entropy" not in run.data.metrics:
+            continue
+        for m in client.get_metric_history(run.info.run_id, "adatt/transfer_entropy"):
+            rows.append({"variant": tags["variant"], "seed": int(tags["seed"]), "epoch": m.step,
+                         "transfer_entropy": m.value})
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                path = client.download_artifacts(run.info.run_id, "adatt/affinity_final.json", d)
+            except Exception:  # noqa: BLE001 - a run without the artifact just has no heatmap
+                continue
+            snap = json.loads(Path(path).read_text())
+        mats.setdefault(tags["variant"], []).append((np.asarray(snap["matrix"]), snap["tasks"]))
+    if not rows and not mats:
+        return None
+    affinity = {v: (np.mean([m for m, _ in ms], axis=0), ms[0][1]) for v, ms in mats.items()}
+    return AdattDiagnostics(entropy=pd.DataFrame(rows) if rows else None, affinity=affinity)
+
+
+def write_study_report(out_dir: Path, df, sweep, meta: dict, uri: str | None, parent: str | None,
+                       diagnostics=None) -> dict:
     from ple_adatt.report import StudyMeta, write_report
 
     smeta = StudyMeta(name=meta["name"], baseline=meta["baseline"], alpha=meta["alpha"], correction=meta["correction"])
-    files = write_report(out_dir, df, smeta, diagnostics=None, sweep=sweep)
+    files = write_report(out_dir, df, smeta, diagnostics=diagnostics, sweep=sweep)
     df.to_csv(Path(out_dir) / "results.csv", index=False)
     files["results.csv"] = Path(out_dir) / "results.csv"
     if uri and parent:
@@ -281,4 +372,5 @@ def regenerate_report(name: str, uri: str, out_dir: str | None = None) -> dict:
     """Rebuild a study's report from MLflow alone (no run is repeated)."""
     parent, meta = find_study_run(uri, name)
     df, sweep = collect_from_mlflow(uri, parent, meta)
-    return write_study_report(Path(out_dir or meta["report_dir"]), df, sweep, meta, uri, parent)
+    return write_study_report(Path(out_dir or meta["report_dir"]), df, sweep, meta, uri, parent,
+                              adatt_diagnostics_from_mlflow(uri, parent, meta))

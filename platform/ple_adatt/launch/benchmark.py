@@ -153,7 +153,7 @@ def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", with_a
         plain = plain_loop(cfg, state, epochs)
     finally:
         torch.set_num_threads(prev)
-    ensure_ray()
+    ensure_ray(2 * cfg.scaling.cpus_per_worker + 2)  # room for the 2-worker run plus Ray Data
     ingest = ingest_rates(cfg, state, epochs)
     ray1 = ray_train_rates(cfg, 1, f"{tag}-ray1")
     ray2 = ray_train_rates(cfg, 2, f"{tag}-ray2")

@@ -4,6 +4,7 @@ pipelines and the TorchTrainer, track in MLflow. Tune trials and ablation runs c
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +39,28 @@ class FitResult:
     error: BaseException | None = None
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster in RAY_ADDRESS (ray job submit) or a running local one; else start one."""
+def ensure_ray(min_cpus: float = 0) -> None:
+    """Join the cluster in RAY_ADDRESS (ray job submit) or a running local one; else start one.
+
+    A locally started Ray gets at least `min_cpus` logical CPUs: on a 2-core laptop two train
+    workers would otherwise take every CPU and starve the Ray Data tasks that feed them (a hang).
+    """
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     quiet_data_progress()
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+        return
+    try:
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(math.ceil(min_cpus))), log_to_driver=True)
+    except ValueError:  # a cluster started with `ray start --head` here: join it as it is
+        ray.init(log_to_driver=True)
+
+
+def local_cpus_needed(cfg: ExperimentConfig) -> float:
+    """Train workers + one for Ray Data + one for the Train controller/driver side."""
+    return cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
 
 
 def quiet_data_progress() -> None:
@@ -105,7 +118,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
     """Train one experiment with Ray Train. Relaunching with the same run name resumes it."""
     rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())  # before any worker starts
     state = fit_preprocessing(cfg.dataset)
-    ensure_ray()
+    ensure_ray(local_cpus_needed(cfg))
     check_resources(cfg)
     name = run_name or cfg.run_name()
     storage = storage_dir(cfg)

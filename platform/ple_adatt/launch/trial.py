@@ -52,18 +52,28 @@ def trial_run_name(name: str, trial_id: str) -> str:
 # ----------------------------------------------------------------------------- dotted paths
 
 def set_path(data: dict, path: str, value: Any) -> dict:
-    """Copy of `data` with the dotted `path` set to `value` (missing mappings are created)."""
+    """Copy of `data` with the dotted `path` set to `value`. Missing mappings are created; a numeric
+    part indexes an existing list (`model.logit_transfer.edges.0.strength`)."""
     out = copy.deepcopy(data)
-    node = out
+    node: Any = out
     parts = path.split(".")
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            raise KeyError(f"{path}: '{p}' is not a mapping (it is {nxt!r})")
-        node = nxt
-    node[parts[-1]] = copy.deepcopy(value)
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise KeyError(f"{path}: '{p}' is not an index of the {len(node)}-item list at "
+                               f"'{'.'.join(parts[:i])}'")
+            key: Any = int(p)
+        elif isinstance(node, dict):
+            key = p
+            if not last and node.get(p) is None:
+                node[p] = {}
+        else:
+            raise KeyError(f"{path}: '{parts[i - 1]}' is not a mapping (it is {node!r})")
+        if last:
+            node[key] = copy.deepcopy(value)
+        else:
+            node = node[key]
     return out
 
 
@@ -73,11 +83,14 @@ _MISSING = object()
 def get_path(data: dict, path: str, default: Any = _MISSING) -> Any:
     node: Any = data
     for p in path.split("."):
-        if not isinstance(node, dict) or p not in node:
-            if default is _MISSING:
-                raise KeyError(path)
+        if isinstance(node, list) and p.isdigit() and int(p) < len(node):
+            node = node[int(p)]
+        elif isinstance(node, dict) and p in node:
+            node = node[p]
+        elif default is _MISSING:
+            raise KeyError(path)
+        else:
             return default
-        node = node[p]
     return node
 
 

@@ -16,15 +16,17 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ple_adatt.config.loading import _load_with_bases  # base: inheritance + dataset refs, as a dict
+from ple_adatt.config.loading import load_config_dict
 from ple_adatt.config.loading import ConfigError, apply_overrides, config_to_yaml, flatten, read_yaml, validate
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.launch.study_config import (
     CampaignConfig,
+    Objective,
     CategoricalParam,
     FloatParam,
     IntParam,
@@ -70,6 +72,16 @@ class Campaign:
         return objective_modes(self.config)
 
 
+def absolutize_dataset_refs(overrides: list[str], folder: Path) -> list[str]:
+    """`dataset=rel/path.yaml` inside a campaign/study file is relative to that file (like `base:`)."""
+    out = []
+    for o in overrides:
+        if o.startswith("dataset=") and not Path(o[8:]).is_absolute() and "://" not in o:
+            o = f"dataset={(folder / o[8:]).resolve()}"
+        out.append(o)
+    return out
+
+
 def split_cli_overrides(overrides: list[str], fields: set[str]) -> tuple[list[str], list[str]]:
     """CLI `key=value`: keys whose first segment is a campaign/study field edit that file
     (budget.num_trials=4); every other key is an experiment override (dataset=..., train.epochs=3)."""
@@ -83,7 +95,7 @@ def load_base(config_path: str | Path, base: str, overrides: list[str], problems
               prefix: str = "base") -> tuple[dict | None, ExperimentConfig | None]:
     path = base_path(config_path, base)
     try:
-        data = _load_with_bases(path.resolve())
+        data = load_config_dict(path)
     except ConfigError as e:
         problems += [f"{prefix}: {p}" for p in e.problems]
         return None, None
@@ -103,8 +115,13 @@ def prepare_campaign(path: str | Path, cli_overrides: list[str] | None = None) -
     try:
         cc = validate(raw, CampaignConfig, str(path))
     except ConfigError as e:
-        raise ConfigError(str(path), problems + e.problems) from None
-    cc = cc.model_copy(update={"overrides": list(cc.overrides) + exp})
+        problems += clean_problems(e.problems)
+        if not any(p.startswith("scheduler:") for p in problems):
+            problems += _raw_checks(raw)
+        problems += _partial_checks(path, raw, exp)
+        raise ConfigError(str(path), problems) from None
+    folder = Path(path).resolve().parent
+    cc = cc.model_copy(update={"overrides": absolutize_dataset_refs(list(cc.overrides), folder) + exp})
     base, base_cfg = load_base(path, cc.base, cc.overrides, problems)
     if base_cfg is not None:
         problems += check_search_space(cc, base)
@@ -112,6 +129,48 @@ def prepare_campaign(path: str | Path, cli_overrides: list[str] | None = None) -
     if problems:
         raise ConfigError(str(path), problems)
     return Campaign(cc, base, base_cfg, str(path))
+
+
+def _raw_checks(raw: dict) -> list[str]:
+    """Cross-field checks pydantic skips when a field already failed (so all errors show at once)."""
+    metric = (raw.get("objective") or {}).get("metric") if isinstance(raw.get("objective"), dict) else None
+    if raw.get("scheduler") and isinstance(metric, list) and len(metric) > 1:
+        return ["scheduler: a scheduler (ASHA) needs a single objective; multi-objective search runs every "
+                "trial to the end (remove scheduler:)"]
+    return []
+
+
+def _partial_checks(path, raw: dict, exp: list[str]) -> list[str]:
+    """When the campaign itself is invalid, still check its base and objective (one run, all errors)."""
+    problems: list[str] = []
+    if not isinstance(raw.get("base"), str):
+        return problems
+    over = raw.get("overrides") if isinstance(raw.get("overrides"), list) else []
+    _, base_cfg = load_base(path, raw["base"], absolutize_dataset_refs([str(o) for o in over],
+                                                                      Path(path).resolve().parent) + exp, problems)
+    obj = raw.get("objective") if isinstance(raw.get("objective"), dict) else {}
+    metric = obj.get("metric")
+    if base_cfg is not None and isinstance(metric, (str, list)):
+        try:
+            probe = CampaignConfig.model_construct(objective=Objective.model_construct(metric=metric), scheduler=None)
+            problems += check_objective(probe, base_cfg)
+        except Exception:  # noqa: BLE001 - best effort only; the schema errors are already reported
+            pass
+    return problems
+
+
+def clean_problems(problems: list[str]) -> list[str]:
+    """Cross-field validator messages arrive as one '<root>: Value error, a; b' line: split them;
+    drop the union tags (float/int/categorical) from key paths."""
+    out = []
+    for p in problems:
+        if p.startswith("<root>: Value error, "):
+            out += p[len("<root>: Value error, "):].split("; ")
+            continue
+        key, _, msg = p.partition(": ")
+        key = re.sub(r"\.(float|int|categorical)(?=\.|$)", "", key)
+        out.append(f"{key}: {msg.replace('Value error, ', '')}")
+    return out
 
 
 def candidate_values(p) -> list[Any]:
@@ -349,13 +408,13 @@ def run_campaign(campaign: Campaign, *, tune_callbacks: list | None = None, verb
     from ray.tune.search.optuna import OptunaSearch
     import optuna
 
-    from ple_adatt.launch.fit import ensure_ray, storage_dir
+    from ple_adatt.launch.fit import ensure_ray, local_cpus_needed, storage_dir
 
     from ple_adatt.data.files import check_dataset
 
     cc, base_cfg = campaign.config, campaign.base_cfg
     check_dataset(base_cfg.dataset, ("train", "val"), base_cfg.task_names())  # before Ray starts
-    ensure_ray()
+    ensure_ray(local_cpus_needed(base_cfg) + 1)  # + the Tune trial driver
     import ray
 
     n = derive_max_concurrent(ray.cluster_resources(), base_cfg, cc.budget.num_trials, cc.budget.max_concurrent)
@@ -411,11 +470,11 @@ def trials_table(campaign: Campaign, results) -> "pd.DataFrame":  # noqa: F821
     cc = campaign.config
     max_t = (cc.scheduler.max_t if cc.scheduler and cc.scheduler.max_t else campaign.base_cfg.train.epochs)
     rows = []
-    for r in results:
+    for order, r in enumerate(results):  # the ResultGrid lists trials in creation order
         m = r.metrics or {}
         it = int(m.get("training_iteration", 0) or 0)
         status = "error" if r.error is not None else ("completed" if it >= max_t else "early_stopped")
-        row = {"trial_id": m.get("trial_id") or Path(r.path).name, "status": status, "epochs": it}
+        row = {"trial_id": m.get("trial_id") or Path(r.path).name, "status": status, "epochs": it, "_order": order}
         for metric in campaign.metrics:
             v = m.get(metric)
             row[metric] = float(v) if isinstance(v, (int, float)) else math.nan
@@ -427,16 +486,10 @@ def trials_table(campaign: Campaign, results) -> "pd.DataFrame":  # noqa: F821
             row[f"param:{k}"] = decode_choice(v)
         rows.append(row)
     df = pd.DataFrame(rows)
-    df["_order"] = df["trial_id"].map(_trial_counter)
     key, asc = campaign.metrics[0], campaign.modes[0] == "min"
     df["_rank"] = df["status"].map({"completed": 0, "early_stopped": 1, "error": 2})
     df = df.sort_values(["_rank", key], ascending=[True, asc], na_position="last").reset_index(drop=True)
     return df
-
-
-def _trial_counter(trial_id: str) -> int:
-    tail = str(trial_id).rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
 
 
 def pareto_front(df, metrics: list[str], modes: list[str]):
@@ -554,8 +607,9 @@ def write_summary(campaign: Campaign, results, exp_path: Path, uri: str | None, 
 
     notes: list[str] = []
     try:
+        sign = -1.0 if modes[0] == "max" else 1.0  # evaluators rank params by how they lower the target
         imp = optuna.importance.get_param_importances(
-            study, target=None if len(metrics) == 1 else (lambda t: t.values[0]))
+            study, target=None if len(metrics) == 1 else (lambda t: sign * t.values[0]))
     except Exception as e:  # noqa: BLE001 - needs >= 2 completed trials with varying params
         imp = {}
         notes.append(f"parameter importances not computed ({type(e).__name__}: {e})")
@@ -611,7 +665,7 @@ def write_summary(campaign: Campaign, results, exp_path: Path, uri: str | None, 
     if pareto is not None:
         lines += ["## Pareto set", "", _md_table(pareto[[c for c in pareto.columns if not c.startswith("_")]]), ""]
     if imp:
-        lines += ["## Parameter importances (Optuna fANOVA)", "",
+        lines += ["## Parameter importances (optuna.importance, default evaluator)", "",
                   _md_table(pd.DataFrame({"parameter": list(imp), "importance": list(imp.values())})), ""]
     lines += [f"![{p}]({p})" for p in plots]
     if notes:

@@ -60,7 +60,8 @@ def build_hetero_ple(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: 
         expert_kwargs={"hgcn": {"out_dim": m.experts.hgcn_out_dim},
                        **{e: {"out_dim": m.experts.out_dim} for e in m.experts.use if e != "hgcn"}},
         dropout=m.dropout, gate=m.gate.kind, gate_type=m.gate.activation, dim_normalize=m.gate.dim_normalize,
-        domain_prior={t: list(v) for t, v in m.gate.domain_prior.items()}, entropy_weight=m.gate.entropy_lambda,
+        domain_prior={t: list(v) for t, v in m.gate.domain_prior.items() if t in tasks},
+        entropy_weight=m.gate.entropy_lambda,
         cgc_layers=m.gate.levels, hmm_modes=modes, task_hmm_mode=task_modes,
         hmm_default_mode=modes[-1] if modes else None)
     hmm_dim = shared.hmm_dim
@@ -81,9 +82,9 @@ def build_hetero_ple(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: 
         if spec.task(t).type == "contrastive" else TaskTower(tower_in, out_dims[t], list(m.tower_hidden), m.dropout)
         for t in tasks})
     transfer = None
-    if m.logit_transfer.enabled and m.logit_transfer.edges:
-        transfer = LogitTransfer(tasks, {t: spec.task(t).type for t in tasks}, out_dims,
-                                 [(e.source, e.target, e.strength) for e in m.logit_transfer.edges],
+    edges = [(e.source, e.target, e.strength) for e in m.logit_transfer.edges if e.source in tasks and e.target in tasks]
+    if m.logit_transfer.enabled and edges:  # edges touching an inactive task are dropped
+        transfer = LogitTransfer(tasks, {t: spec.task(t).type for t in tasks}, out_dims, edges,
                                  hidden_dim=tower_in, detach_source=m.logit_transfer.detach_source)
     return HeteroPLE(shared, towers, tasks, basket=basket, transfer=transfer)
 

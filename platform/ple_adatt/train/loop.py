@@ -217,6 +217,9 @@ def log_adatt_diagnostics(adatt, epoch: int, metrics: dict, logger, rank: int) -
                                     "transfer_weights": adatt.transfer_weights()[0].tolist(),
                                     "negative_pairs": [list(p) for p in neg], "phase": adatt.phase.name}))
         logger.log_artifact(snap, "diagnostics/adatt")
+        final = Path(d) / "affinity_final.json"  # overwritten each epoch: the last one is the final epoch's
+        final.write_text(json.dumps({"tasks": adatt.task_names, "matrix": adatt.affinity.tolist(), "epoch": epoch}))
+        logger.log_artifact(final, "adatt")
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -346,7 +349,9 @@ def train_loop_per_worker(config: dict) -> None:
         train_time = time.perf_counter() - t0
 
         # [4] validation: rank r scores batches i with i % world == r; predictions gathered on rank 0
-        preds = predict_batches(model, val_iter.iter_torch_batches(batch_size=4096, prefetch_batches=2),
+        # The unwrapped module: DDP's forward broadcasts buffers (a collective), and ranks score
+        # different numbers of validation batches.
+        preds = predict_batches(raw_model, val_iter.iter_torch_batches(batch_size=4096, prefetch_batches=2),
                                 tasks, device, keep=lambda i: i % world == rank, cfg=cfg)
         if world > 1:
             gathered = [None] * world if rank == 0 else None
@@ -361,6 +366,8 @@ def train_loop_per_worker(config: dict) -> None:
         for t, s in zip(tasks, sums[3:]):
             metrics[f"train/{t}/loss"] = s / g_batches
         metrics.update({f"loss_terms/{k}": v / max(1, n_batches) for k, v in term_sums.items()})  # this rank's
+        if "adatt/transfer_entropy" in term_sums:
+            metrics["adatt/transfer_entropy"] = term_sums["adatt/transfer_entropy"] / max(1, n_batches)
         weighting.on_epoch_end({t: metrics[f"train/{t}/loss"] for t in tasks})  # identical on every rank
         metrics.update({f"weight/{t}": w for t, w in weighting.weights().items()})
         if rank == 0:
