@@ -77,3 +77,10 @@ def test_deep_merge_and_override_helpers():
 def test_gpu_fields_and_strictness():
     with pytest.raises(ConfigError, match="scaling.num_workers"):
         load_config(SMOKE, ["scaling.num_workers=0"])
+
+
+def test_missing_generated_dataset_is_a_clear_error_and_an_override_replaces_it(tmp_path, tiny_dataset):
+    (tmp_path / "exp.yaml").write_text(f"base: {SMOKE}\nname: x\ndataset: data/never_generated/dataset.yaml\n")
+    with pytest.raises(ConfigError, match=r"dataset: file not found: .*never_generated/dataset.yaml \(generate"):
+        load_config(tmp_path / "exp.yaml")
+    assert load_config(tmp_path / "exp.yaml", [f"dataset={tiny_dataset}"]).dataset.name == "tiny"

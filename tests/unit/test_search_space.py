@@ -219,9 +219,9 @@ def test_shipped_campaigns_start_with_a_comment_and_validate(path):
     try:
         c = prepare_campaign(path)
     except ConfigError as e:
-        # Only the adaTT keys the lead has not added yet may be missing (documented in the YAML).
-        pending = ("adatt", "logit_transfer")
-        assert "pending" in text and all(any(k in p for k in pending) for p in e.problems), e.problems
+        # Allowed only: the generated dataset of the base experiment is missing on a fresh clone
+        # (tests/unit/test_configs.py validates these campaigns against a stand-in dataset).
+        assert all("file not found" in p and "/data/" in p for p in e.problems), e.problems
         return
     assert c.config.budget.num_trials >= 1
 

@@ -73,12 +73,21 @@ def _load_with_bases(path: Path, depth: int = 0) -> dict[str, Any]:
 
 
 def _resolve_dataset_ref(data: dict, folder: Path) -> dict:
-    """`dataset: some/dataset.yaml` (relative to the file that says it) is inlined, paths made absolute."""
+    """`dataset: some/dataset.yaml` (relative to the file that says it) is inlined, paths made absolute.
+
+    A reference to a file that does not exist yet (generated data) stays an absolute path string:
+    an override `dataset=...` may replace it; `validate` reports it if it is still missing.
+    """
     ref = data.get("dataset")
     if isinstance(ref, str):
         data = dict(data)
-        data["dataset"] = load_dataset_dict(folder / ref)
+        data["dataset"] = _dataset_value(folder / ref)
     return data
+
+
+def _dataset_value(path: Path) -> dict | str:
+    path = Path(path).resolve()
+    return load_dataset_dict(path) if path.is_file() else str(path)
 
 
 def load_dataset_dict(path: str | Path) -> dict[str, Any]:
@@ -113,7 +122,7 @@ def apply_overrides(data: dict, overrides: list[str], problems: list[str]) -> di
             value = raw
         value = _numeric_string(value)
         if key == "dataset" and isinstance(value, str):
-            value = load_dataset_dict(value)
+            value = _dataset_value(Path(value))
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
@@ -153,6 +162,10 @@ _UNION_TAGS = {"numeric", "categorical", "list", "fixed", "uncertainty", "gradno
 
 
 def validate(data: dict, model: type[BaseModel] = ExperimentConfig, source: str = "<config>"):
+    ds = data.get("dataset") if model is ExperimentConfig else None
+    if isinstance(ds, str):  # a dataset reference whose file was never found
+        raise ConfigError(source, [f"dataset: file not found: {ds} (generate or prepare the data first: "
+                                   f"see the header of the config; or override dataset=<path to dataset.yaml>)"])
     try:
         return model.model_validate(data)
     except ValidationError as err:
