@@ -68,6 +68,9 @@ def quiet_data_progress() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # Deterministic block order everywhere (materialised splits too), so a run and its resumed or
+    # repeated twin see the same rows in the same order.
+    ctx.execution_options.preserve_order = True
 
 
 def check_resources(cfg: ExperimentConfig) -> None:
