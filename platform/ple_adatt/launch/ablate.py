@@ -274,14 +274,20 @@ def collect_from_results(results, sc: StudyConfig, spec: TrialSpec):
     return _split(rows, study_meta(sc))
 
 
-def collect_from_mlflow(uri: str, parent_run_id: str, meta: dict):
-    """Rebuild the tidy table from the study's finished MLflow child runs (final-epoch metrics)."""
+def finished_child_runs(uri: str, parent_run_id: str):
+    """(MlflowClient, the study's finished child runs): the one query both report inputs read."""
     from ple_adatt.tracking import mlflow_tracking as mt
 
     client = mt.RunLogger(uri, parent_run_id).client
     exp_id = client.get_run(parent_run_id).info.experiment_id
     runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
                               max_results=10000)
+    return client, runs
+
+
+def collect_from_mlflow(uri: str, parent_run_id: str, meta: dict):
+    """Rebuild the tidy table from the study's finished MLflow child runs (final-epoch metrics)."""
+    _, runs = finished_child_runs(uri, parent_run_id)
     rows, seen = [], set()
     level_name = meta.get("sweep")
     for run in runs:
@@ -307,12 +313,8 @@ def adatt_diagnostics_from_mlflow(uri: str, parent_run_id: str, meta: dict):
     import pandas as pd
 
     from ple_adatt.report import AdattDiagnostics
-    from ple_adatt.tracking import mlflow_tracking as mt
 
-    client = mt.RunLogger(uri, parent_run_id).client
-    exp_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
-                              max_results=10000)
+    client, runs = finished_child_runs(uri, parent_run_id)
     rows, mats = [], {}
     for run in runs:
         tags = run.data.tags

@@ -36,7 +36,6 @@ class FitResult:
     run_dir: str
     tracking_uri: str | None
     mlflow_run_id: str | None
-    error: BaseException | None = None
 
 
 def ensure_ray(min_cpus: float = 0) -> None:
@@ -156,10 +155,9 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
         datasets=_maybe_cached(cfg, build_datasets(cfg, state)),
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=exec_opts, enable_shard_locality=False),
     )
-    error = None
     try:
         result = trainer.fit()
-    except Exception as e:  # noqa: BLE001 - recorded in MLflow, then re-raised
+    except Exception:  # noqa: BLE001 - recorded in MLflow, then re-raised
         if run_id:
             mt.RunLogger(uri, run_id).finish("FAILED")
         raise
@@ -169,7 +167,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
     if result.best_checkpoints:
         best = result.get_best_checkpoint(cfg.train.checkpoint_metric, cfg.train.checkpoint_mode)
         best = best.path if best else None
-    out = FitResult(metrics, ckpt, best, str(Path(storage) / name), uri, run_id, error)
+    out = FitResult(metrics, ckpt, best, str(Path(storage) / name), uri, run_id)
     if run_id:
         _log_final(cfg, out)
     return out
