@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .experts._io import mlp
@@ -124,12 +125,16 @@ class CGCAttention(nn.Module):
         """h [B, D] (the shared concat, blocks in `expert_names` order) -> {task: [B, D]}."""
         if h.shape[-1] != self.out_dim:
             raise ValueError(f"CGCAttention expects [B, {self.out_dim}], got {list(h.shape)}")
-        logits = torch.einsum("bd,ted->bte", h, self.weight) + self.bias   # [B, T, E]
-        w = gate_probs(logits, self.gate_type)
-        self._last["weights"] = w
-        col = (w * self.scales)[..., self.block_index]                     # [B, T, D]: each block's weight * s_i
-        out = col * h.unsqueeze(1)                                         # [B, T, D]
-        return {t: out[:, i] for i, t in enumerate(self.tasks)}
+        # One small graph per task rather than one [B, T, D] tensor for all: adaTT takes a separate
+        # backward per task loss, and each would otherwise pay for every task's gate (spec §7.1).
+        out, weights = {}, []
+        for t, wt, bt in zip(self.tasks, self.weight.unbind(0), self.bias.unbind(0)):
+            w = gate_probs(F.linear(h, wt, bt), self.gate_type)             # [B, E]
+            weights.append(w)
+            col = torch.index_select(w * self.scales, 1, self.block_index)  # [B, D]: each block's w * s_i
+            out[t] = col * h
+        self._last["weights"] = torch.stack(weights, dim=1)                # [B, T, E]
+        return out
 
     def entropy_loss(self) -> Tensor:
         """lambda_ent * (-mean_k mean_b H(w_k)) of the last forward (scalar); 0 if frozen, in eval, or before a forward."""
