@@ -2,7 +2,9 @@
 
     python jobs/benchmark.py --config configs/experiments/synthetic_ple.yaml --epochs 3
 The last line printed is one JSON object (automation reads it): plain_samples_per_s,
-ray1_samples_per_s, ray2_samples_per_s, ingest_rows_per_s and the three ratios.
+ray1_samples_per_s, ray2_samples_per_s, ingest_rows_per_s, the three ratios, and adaTT's step-time
+overhead (affinity on parameters / expert heads / representation, grad_interval 1 and 10).
+    python jobs/benchmark.py --config configs/experiments/synthetic_ple.yaml --adatt-only   # no Ray
 """
 import json
 
@@ -15,10 +17,11 @@ from ple_adatt.launch.benchmark import run_benchmark
 def main() -> None:
     p = config_parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3, help="epochs per path; the first is warm-up")
+    p.add_argument("--adatt-only", action="store_true", help="only the adaTT step-time overheads (no Ray)")
     a = p.parse_args()
     try:
         cfg = load_config(a.config, a.overrides)
-        result = run_benchmark(cfg, a.epochs)
+        result = run_benchmark(cfg, a.epochs, only_adatt=a.adatt_only)
     except (ConfigError, DataError) as e:
         fail(e)
     import ray

@@ -189,3 +189,20 @@ def test_perslay_ignores_zero_persistence_padding():
     m_pad = PersLayExpert({"dgm": (25, 3)}).eval()
     m_pad.load_state_dict(m.state_dict())
     assert torch.allclose(m({"feat/dgm": dgm}), m_pad({"feat/dgm": padded}), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(EXPERTS))
+def test_head_is_a_proper_part_of_the_expert_on_its_output_path(name):
+    from ple_adatt.model.experts._io import head_parameters
+
+    inputs, cats = ROUTES[name]
+    torch.manual_seed(0)
+    expert = EXPERTS[name](inputs, cats)
+    head = head_parameters(expert)
+    ids = {id(p) for p in expert.parameters()}
+    assert head and {id(p) for p in head} <= ids
+    if name not in ("mlp", "lightgcn"):  # MLPs are all head; the others have a feature extractor first
+        assert len({id(p) for p in head}) < len(ids)
+    out = expert(make_batch())
+    grads = torch.autograd.grad(out.square().mean(), head, allow_unused=True)
+    assert all(g is not None for g in grads)  # every head parameter is on the output path

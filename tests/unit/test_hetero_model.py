@@ -84,3 +84,39 @@ def test_param_count_of_default_full_model(setup):
     _, m = _model(cfg, state)
     n = sum(p.numel() for p in m.parameters())
     assert 200_000 < n < 2_000_000, n
+
+
+def test_affinity_targets_for_each_mode(setup):
+    from ple_adatt.train.loop import affinity_target
+
+    cfg, state, batch = setup
+    got = {}
+    for mode in ("parameters", "expert_heads", "representation"):
+        c, model = _model(cfg, state, "adatt.enabled=true", f"adatt.affinity_on={mode}")
+        model(batch)
+        got[mode] = affinity_target(c, model)
+    shared = {id(p) for p in model.shared_parameters()}
+    heads = {id(p) for p in model.shared_head_parameters()}
+    assert len(got["expert_heads"]["params"]) == len(heads) < len(got["parameters"]["params"])
+    assert heads and heads < shared  # the heads are a strict subset of the shared-expert parameters
+    z = got["representation"]["representation"]
+    assert z.requires_grad and z.shape[0] == 64
+
+
+def test_expert_head_affinity_on_a_baseline_uses_each_shared_mlps_last_layer(setup):
+    from ple_adatt.train.loop import affinity_target
+
+    cfg, state, batch = setup
+    c, model = _model(cfg, state, "model.arch=mmoe", "model.num_experts=3", "adatt.enabled=true",
+                      "adatt.affinity_on=expert_heads")
+    params = affinity_target(c, model)["params"]
+    last = [m for m in model.extractor.experts[0].modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert len(params) == 3 * 2 and params[0] is last.weight  # weight + bias of 3 experts' output layers
+
+
+def test_representation_affinity_needs_the_hetero_model(setup):
+    from ple_adatt.config.loading import ConfigError
+
+    cfg, state, _ = setup
+    with pytest.raises(ConfigError, match="adatt.affinity_on: representation needs model.arch=ple_hetero"):
+        _model(cfg, state, "model.arch=mmoe", "adatt.enabled=true", "adatt.affinity_on=representation")

@@ -136,8 +136,10 @@ class AdattSection(Section):
     warmup_fraction: float = Field(0.3, ge=0.0, lt=1.0)
     freeze_fraction: float = Field(0.8, gt=0.0, le=1.0)
     """Phase boundaries as fractions of the phase-1 epochs, so short runs keep all three phases."""
-    affinity_on: Literal["parameters", "representation"] = "parameters"
-    """Gradients w.r.t. the shared-expert parameters (spec) or the shared representation (cheaper)."""
+    affinity_on: Literal["parameters", "expert_heads", "representation"] = "expert_heads"
+    """Task gradients w.r.t. every shared-expert parameter (spec §7.1; one backward through all
+    experts per task), each expert's output head (GradNorm's last shared layer; the default: it
+    keeps the overhead near 5 % at grad_interval 10) or the shared representation (cheapest)."""
 
     @model_validator(mode="after")
     def _order(self):
@@ -289,6 +291,9 @@ class ExperimentConfig(Section):
             errors.append("loss_weighting.name: gradnorm needs shared parameters; model.arch=single_task has none")
         if self.model.arch == "single_task" and self.adatt.enabled:
             errors.append("adatt.enabled: adaTT measures gradients on shared parameters; model.arch=single_task has none")
+        if self.adatt.enabled and self.adatt.affinity_on == "representation" and self.model.arch != "ple_hetero":
+            errors.append(f"adatt.affinity_on: representation needs model.arch=ple_hetero (the one model with "
+                          f"a single shared representation); got {self.model.arch}. Use parameters or expert_heads")
         if self.two_phase.enabled and self.model.arch != "ple_hetero":
             errors.append(f"two_phase.enabled: needs model.arch=ple_hetero (got {self.model.arch})")
         # Edges and priors may name tasks outside active_tasks (they are then skipped), not unknown ones.

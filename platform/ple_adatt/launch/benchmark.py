@@ -19,7 +19,7 @@ from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
 from ple_adatt.launch.inference import to_tensors
 from ple_adatt.train.build import build_model, build_optimizer, build_scheduler
 from ple_adatt.losses.aggregate import aggregate_losses
-from ple_adatt.train.loop import build_adatt, build_weighting, task_losses, weighted_total
+from ple_adatt.train.loop import affinity_target, build_adatt, build_weighting, task_losses, weighted_total
 
 
 def load_train_tensors(cfg: ExperimentConfig, state) -> dict[str, torch.Tensor]:
@@ -56,14 +56,17 @@ def plain_loop(cfg: ExperimentConfig, state, epochs: int) -> list[float]:
     return rates
 
 
-def adatt_step_times(cfg: ExperimentConfig, state, steps: int = 44) -> dict[str, float]:
-    """Mean seconds per training step on the same batches: adaTT off, and on (dynamic phase)
-    measuring affinity on the shared-expert parameters or on the shared representation, every 1
-    or 10 steps. A mean, not a median: the measuring steps are the cost being measured."""
+def adatt_step_times(cfg: ExperimentConfig, state, steps: int = 44) -> dict[str, dict[str, float]]:
+    """Mean seconds per training step on the same batches, {mode: {"wall": s, "cpu": s}}: adaTT off,
+    and on (dynamic phase) measuring affinity on all shared-expert parameters, the experts' output
+    heads or the shared representation, every 1 or 10 steps. A mean, not a median: the measuring
+    steps are the cost being measured. "cpu" is this process's CPU time, which other load on the
+    machine barely moves when torch runs one thread (the benchmark's default)."""
     data = load_train_tensors(cfg, state)
     n, bs = len(next(iter(data.values()))), cfg.train.batch_size
     batches = [{k: v[i:i + bs] for k, v in data.items()} for i in range(0, min(n, bs * steps), bs)]
     modes = {"off": None, "params_gi1": ("parameters", 1), "params_gi10": ("parameters", 10),
+             "heads_gi1": ("expert_heads", 1), "heads_gi10": ("expert_heads", 10),
              "repr_gi1": ("representation", 1), "repr_gi10": ("representation", 10)}
     out = {}
     for name, mode in modes.items():
@@ -80,24 +83,24 @@ def adatt_step_times(cfg: ExperimentConfig, state, steps: int = 44) -> dict[str,
         opt = build_optimizer(c, list(model.parameters()) + [p for m in extras for p in m.parameters()])
         if adatt is not None:
             adatt.on_epoch_start(1, 3)  # 3-epoch schedule: epoch 1 is the dynamic phase
-        times = []
+        times, cpu = [], []
         for step, batch in enumerate((batches * (steps // len(batches) + 1))[:steps]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             losses = task_losses(c, model(batch), batch)
             present = {t: bool(batch[f"mask/{t}"].any()) for t in losses}
             weighted, extra = weighting(losses, present)
             transfer = None
             if adatt is not None:
-                by_repr = c.adatt.affinity_on == "representation"
-                adatt.maybe_update_affinity(step, weighted, params=None if by_repr else model.shared_parameters(),
-                                            representation=model.shared_representation() if by_repr else None)
+                adatt.maybe_update_affinity(step, weighted, **affinity_target(c, model))
                 transfer = lambda w: adatt.transfer_losses(w, present)  # noqa: E731
             total, _ = aggregate_losses(weighted, extra, transfer=transfer, **model.aux_losses())
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
             times.append(time.perf_counter() - t0)
-        out[name] = float(statistics.fmean(times[4:] if len(times) > 8 else times))  # first steps: warm-up
+            cpu.append(time.process_time() - c0)
+        skip = 4 if len(times) > 8 else 0  # first steps: warm-up
+        out[name] = {"wall": statistics.fmean(times[skip:]), "cpu": statistics.fmean(cpu[skip:])}
     return out
 
 
@@ -138,7 +141,22 @@ def steady(rates: list[float]) -> float:
     return float(statistics.median(rates[1:] if len(rates) > 1 else rates))
 
 
-def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", with_adatt: bool = True) -> dict:
+def adatt_overheads(cfg: ExperimentConfig, state, threads: int) -> dict:
+    """adaTT step times and overheads vs adaTT off (CPU-time based, wall time alongside)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        step = adatt_step_times(cfg, state)
+    finally:
+        torch.set_num_threads(prev)
+    off = step["off"]
+    return {"adatt_step_s": step,
+            "adatt_overhead": {k: v["cpu"] / off["cpu"] - 1.0 for k, v in step.items() if k != "off"},
+            "adatt_overhead_wall": {k: v["wall"] / off["wall"] - 1.0 for k, v in step.items() if k != "off"}}
+
+
+def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", with_adatt: bool = True,
+                  only_adatt: bool = False) -> dict:
     from ple_adatt.launch.fit import ensure_ray
 
     rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())
@@ -147,6 +165,9 @@ def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", with_a
     # Ray gives each worker OMP/torch threads = its CPUs; the reference loop gets the same, so the
     # ratio measures the platform's overhead rather than a thread-count difference.
     threads = max(1, int(cfg.scaling.cpus_per_worker))
+    if only_adatt:
+        out = {"model": cfg.model.arch, "batch_size": cfg.train.batch_size, "torch_threads_per_worker": threads}
+        return _rounded({**out, **adatt_overheads(cfg, state, threads)})
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -168,14 +189,7 @@ def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", with_a
     out["ratio_ray2_vs_plain"] = out["ray2_samples_per_s"] / out["plain_samples_per_s"]
     out["ratio_ingest_vs_consumption"] = out["ingest_rows_per_s"] / out["ray1_samples_per_s"]
     if with_adatt:
-        prev = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            step = adatt_step_times(cfg, state)
-        finally:
-            torch.set_num_threads(prev)
-        out["adatt_step_s"] = step
-        out["adatt_overhead"] = {k: v / step["off"] - 1.0 for k, v in step.items() if k != "off"}
+        out.update(adatt_overheads(cfg, state, threads))
     return _rounded(out)
 
 

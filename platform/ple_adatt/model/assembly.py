@@ -60,6 +60,10 @@ class HeteroPLE(nn.Module):
         """The shared experts only: adaTT and GradNorm measure task gradients here (spec §11.9)."""
         return list(self.shared.shared_expert_parameters())
 
+    def shared_head_parameters(self) -> list[nn.Parameter]:
+        """Each shared expert's output head: adaTT's cheap parameter target (`expert_heads`)."""
+        return self.shared.shared_expert_head_parameters()
+
     def shared_representation(self) -> Tensor | None:
         """Concat of the shared experts' outputs [B, D] from the last forward (cheap adaTT mode)."""
         return self.shared.last_shared

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ple_adatt.model.experts._io import last_linear_parameters
 from ple_adatt.model.towers import TaskTower
 from ple_adatt.model.towers import mlp_blocks as mlp
 
@@ -88,6 +89,10 @@ class MultiTaskModel(nn.Module):
         """Parameters every task shares (GradNorm and adaTT measure task gradients on them)."""
         return list(self.extractor.shared_parameters())
 
+    def shared_head_parameters(self) -> list[nn.Parameter]:
+        """The output layer of every shared module (adaTT `affinity_on: expert_heads`)."""
+        return [p for m in self.extractor.shared_modules() for p in last_linear_parameters(m)]
+
 
 class SharedBottom(nn.Module):
     """One shared MLP for every task (Caruana 1997)."""
@@ -98,6 +103,9 @@ class SharedBottom(nn.Module):
 
     def shared_parameters(self):
         return self.bottom.parameters()
+
+    def shared_modules(self) -> list[nn.Module]:
+        return [self.bottom]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.bottom(x)  # [B, D]
@@ -115,6 +123,9 @@ class SingleTask(nn.Module):
     def shared_parameters(self):
         return iter(())  # nothing is shared
 
+    def shared_modules(self) -> list[nn.Module]:
+        return []
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {t: net(x) for t, net in self.nets.items()}
 
@@ -130,6 +141,9 @@ class MMoE(nn.Module):
 
     def shared_parameters(self):
         return self.experts.parameters()
+
+    def shared_modules(self) -> list[nn.Module]:
+        return list(self.experts)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         e = torch.stack([f(x) for f in self.experts], dim=1)  # [B, E, D]
@@ -179,6 +193,10 @@ class PLE(nn.Module):
 
     def shared_parameters(self):
         return (p for level in self.levels for p in level.shared.parameters())
+
+    def shared_modules(self) -> list[nn.Module]:
+        """The last level's shared experts: the last layer every task shares."""
+        return list(self.levels[-1].shared)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         xs, shared = {t: x for t in self.tasks}, x

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .experts import EXPERTS
+from .experts._io import head_parameters
 from .gates import CGCAttention, CGCLayer, _LastForward, entropy_ratio
 from .routing import FeatureRouter, GroupDecl, HMMProjector
 
@@ -120,6 +121,10 @@ class SharedExtractor(nn.Module):
     def shared_expert_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the shared experts only (the adaTT gradient target, spec §11.9)."""
         return (p for p in self.experts.parameters() if p.requires_grad)
+
+    def shared_expert_head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of each shared expert's output head (adaTT `affinity_on: expert_heads`)."""
+        return [p for e in self.experts.values() for p in head_parameters(e)]
 
     def param_groups(self, expert_lr: Mapping[str, float] | None = None, expert_wd: Mapping[str, float] | None = None,
                      base_lr: float = 1e-3, base_wd: float = 0.0) -> list[dict]:

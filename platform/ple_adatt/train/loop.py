@@ -156,6 +156,18 @@ def build_adatt(cfg: ExperimentConfig):
                  freeze_fraction=a.freeze_fraction)
 
 
+def affinity_target(cfg: ExperimentConfig, model: torch.nn.Module) -> dict:
+    """Keyword arguments naming what adaTT differentiates the task losses against (after a forward).
+
+    parameters: every shared-expert parameter (spec §7.1; one backward through all experts per
+    task). expert_heads: each shared expert's output head only (GradNorm's "last shared layer").
+    representation: the shared experts' output [B, D] (the task side only)."""
+    mode = cfg.adatt.affinity_on
+    if mode == "representation":
+        return {"representation": model.shared_representation()}
+    return {"params": model.shared_head_parameters() if mode == "expert_heads" else model.shared_parameters()}
+
+
 def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, extras: list[torch.nn.Module], lr: float,
                    total_steps: int):
     """AdamW over trainable model params (per-expert lr/wd groups for ple_hetero) + extras without
@@ -307,12 +319,9 @@ def train_loop_per_worker(config: dict) -> None:
             weighted, extra = weighting(losses, present)
             transfer = None
             if adatt is not None and phase == 1:
-                by_repr = cfg.adatt.affinity_on == "representation"
                 adatt.maybe_update_affinity(
                     global_step, weighted, counts={t: batch[f"mask/{t}"].sum() for t in weighted},
-                    params=None if by_repr else raw_model.shared_parameters(),
-                    representation=raw_model.shared_representation() if by_repr else None,
-                    all_reduce_mean=reduce_mean)
+                    all_reduce_mean=reduce_mean, **affinity_target(cfg, raw_model))
                 transfer = lambda w: adatt.transfer_losses(w, present)  # noqa: E731
             total, terms = aggregate_losses(weighted, extra, transfer=transfer, **raw_model.aux_losses())
             # A task with no label on this rank drops out of `weighted`; keep its tower in the graph

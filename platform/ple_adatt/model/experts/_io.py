@@ -129,3 +129,25 @@ class FlatInput(nn.Module):
         if self.cat is not None:
             parts.append(self.cat(batch).flatten(1))
         return torch.cat(parts, dim=1)
+
+
+def head_parameters(expert: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters of an expert's output head (the submodules its ``head`` names).
+
+    The head is the layer(s) that map the expert's internal features to its output, the
+    "last shared layer" GradNorm measures task gradients on (Chen et al., ICML 2018, §3.2).
+    A per-task gradient w.r.t. these stops at the head instead of traversing the whole expert
+    (GRU, Transformer, Sinkhorn), which makes adaTT's `affinity_on: expert_heads` cheap.
+    """
+    names = getattr(expert, "head", None)
+    if not names:
+        raise TypeError(f"{type(expert).__name__} declares no `head` submodules")
+    return [p for n in names for p in getattr(expert, n).parameters() if p.requires_grad]
+
+
+def last_linear_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters of the last ``nn.Linear`` registered in ``module`` (an MLP's output layer)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TypeError(f"{type(module).__name__} has no nn.Linear layer")
+    return [p for p in linears[-1].parameters() if p.requires_grad]

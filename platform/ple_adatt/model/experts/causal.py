@@ -25,6 +25,8 @@ def dag_acyclicity(w: Tensor) -> Tensor:
 
 
 class CausalExpert(nn.Module):
+    head = ("encode",)  # output-head submodules: the cheap adaTT affinity target (head_parameters)
+
     def __init__(self, inputs: Mapping[str, Sequence[int]], cat_cardinalities: Mapping[str, Sequence[int]] | None = None,
                  out_dim: int = 64, dropout: float = 0.1, latent: int = 32, hidden: int = 128, cat_emb_dim: int = 8,
                  lambda_dag: float = 0.01, lambda_sparse: float = 0.001, lambda_rec: float = 0.5, w_init_std: float = 0.1):

@@ -16,6 +16,8 @@ from ._io import Batch, CatEmbedding, any_present, mlp, read_float, zeros_out
 
 
 class DeepFMExpert(nn.Module):
+    head = ("fuse",)  # output-head submodules: the cheap adaTT affinity target (head_parameters)
+
     def __init__(self, inputs: Mapping[str, Sequence[int]], cat_cardinalities: Mapping[str, Sequence[int]] | None = None,
                  out_dim: int = 64, dropout: float = 0.1, emb_dim: int = 16, hidden: Sequence[int] = (128,),
                  deep_dim: int = 64, max_column_fields: int = 32):

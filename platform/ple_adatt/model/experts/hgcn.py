@@ -28,6 +28,8 @@ def poincare_log0(x: Tensor) -> Tensor:
 
 
 class HGCNExpert(nn.Module):
+    head = ("out",)  # output-head submodules: the cheap adaTT affinity target (head_parameters)
+
     def __init__(self, inputs: Mapping[str, Sequence[int]], cat_cardinalities: Mapping[str, Sequence[int]] | None = None,
                  out_dim: int = 128, dropout: float = 0.1, hidden: int = 128, cat_emb_dim: int = 8):
         super().__init__()

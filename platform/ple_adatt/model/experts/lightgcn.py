@@ -13,6 +13,8 @@ from ._io import Batch, FlatInput, any_present, zeros_out
 
 
 class LightGCNExpert(nn.Module):
+    head = ("refine", "skip")  # output-head submodules: the cheap adaTT affinity target (head_parameters)
+
     def __init__(self, inputs: Mapping[str, Sequence[int]], cat_cardinalities: Mapping[str, Sequence[int]] | None = None,
                  out_dim: int = 64, dropout: float = 0.1, hidden: int = 64, cat_emb_dim: int = 8):
         super().__init__()

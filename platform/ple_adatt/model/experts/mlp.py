@@ -11,6 +11,8 @@ from ._io import Batch, FlatInput, any_present, mlp, zeros_out
 class MLPExpert(nn.Module):
     """Flattened float groups + categorical embeddings -> MLP -> [B, out_dim]."""
 
+    head = ("net",)  # an MLP has no separate feature extractor: all of it is the head (head_parameters)
+
     def __init__(self, inputs: Mapping[str, Sequence[int]], cat_cardinalities: Mapping[str, Sequence[int]] | None = None,
                  out_dim: int = 64, dropout: float = 0.1, hidden: Sequence[int] = (128,), cat_emb_dim: int = 8):
         super().__init__()

@@ -66,6 +66,8 @@ def transport_cost(f: Tensor, g: Tensor, cost: Tensor, eps: float) -> Tensor:
 
 
 class OptimalTransportExpert(nn.Module):
+    head = ("encode",)  # output-head submodules: the cheap adaTT affinity target (head_parameters)
+
     def __init__(self, inputs: Mapping[str, Sequence[int]], cat_cardinalities: Mapping[str, Sequence[int]] | None = None,
                  out_dim: int = 64, dropout: float = 0.1, n_support: int = 16, n_refs: int = 16, hidden: int = 128,
                  eps: float = 0.1, n_iter: int = 10, cat_emb_dim: int = 8):

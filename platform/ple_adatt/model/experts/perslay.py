@@ -36,6 +36,8 @@ def is_diagram(shape: Sequence[int]) -> bool:
 
 
 class PersLayExpert(nn.Module):
+    head = ("rho",)  # output-head submodules: the cheap adaTT affinity target (head_parameters)
+
     def __init__(self, inputs: Mapping[str, Sequence[int]], cat_cardinalities: Mapping[str, Sequence[int]] | None = None,
                  out_dim: int = 64, dropout: float = 0.1, n_centres: int = 16, max_homology: int = 3,
                  power: float = 1.0, summary_hidden: Sequence[int] = (128,), summary_dim: int = 64, hidden: int = 64):

@@ -26,6 +26,8 @@ class TemporalExpert(nn.Module):
 
     branches = ("gru", "lnn", "patch")
 
+    head = ("proj", "gate", "norm")  # branch projections + fusion: the adaTT head target (head_parameters)
+
     def __init__(self, inputs: Mapping[str, Sequence[int]], cat_cardinalities: Mapping[str, Sequence[int]] | None = None,
                  out_dim: int = 64, dropout: float = 0.1, hidden: int = 64, d_model: int = 32, patch_len: int = 8,
                  n_heads: int = 2, n_layers: int = 1, dt: float = 1.0):
