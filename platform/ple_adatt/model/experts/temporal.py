@@ -3,6 +3,8 @@
 The spec's minimal faithful version (§3.2): a recurrent branch whose final state gets one Euler step of the
 liquid ODE dh/dt = (-h + tanh(W[x; h])) / tau(x, h), tau = softplus(MLP) + 0.1 (so GRU and LNN are serial),
 and a PatchTST-style branch in parallel. A GRU stands in for Mamba: same role, far cheaper on CPU.
+The patch branch ends in PatchTST's flatten head (all patch tokens -> Linear), not a mean over patches:
+pooling would discard *where* in the sequence something happened (e.g. which day spending peaked).
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ class TemporalExpert(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
 
         self.proj = nn.ModuleDict({"gru": nn.Linear(hidden, out_dim), "lnn": nn.Linear(hidden, out_dim),
-                                   "patch": nn.Linear(d_model, out_dim)})
+                                   "patch": nn.Linear(self.n_patches * d_model, out_dim)})
         self.gate = nn.Sequential(nn.Linear(3 * out_dim, 32), nn.SiLU(), nn.Linear(32, 3))
         self.norm = nn.LayerNorm(out_dim)
         self.drop = nn.Dropout(dropout)
@@ -87,7 +89,7 @@ class TemporalExpert(nn.Module):
         pad = self.n_patches * self.patch_len - self.T
         xp = F.pad(x, (0, 0, pad, 0))                                   # left-pad so the last patch ends at T
         patches = xp.reshape(x.shape[0], self.n_patches, -1)           # [B, P, patch_len * F]
-        z = self.encoder(self.patch_embed(patches) + self.pos).mean(1)  # [B, d_model]
+        z = self.encoder(self.patch_embed(patches) + self.pos).flatten(1)  # [B, P * d_model]: keeps positions
 
         outs = torch.stack([self.proj["gru"](h), self.proj["lnn"](h_lnn), self.proj["patch"](z)], dim=1)  # [B, 3, D]
         w = torch.softmax(self.gate(outs.flatten(1)), dim=-1)           # [B, 3]
