@@ -120,3 +120,17 @@ def test_representation_affinity_needs_the_hetero_model(setup):
     cfg, state, _ = setup
     with pytest.raises(ConfigError, match="adatt.affinity_on: representation needs model.arch=ple_hetero"):
         _model(cfg, state, "model.arch=mmoe", "adatt.enabled=true", "adatt.affinity_on=representation")
+
+
+def test_basket_skip_feeds_towers_the_basket_output_and_the_task_representation(setup):
+    cfg, state, batch = setup
+    _, seed_layout = _model(cfg, state, "model.basket.skip=false")
+    _, skip = _model(cfg, state, "model.basket.skip=true")
+    seed_layout.eval(), skip.eval()  # no dropout: two forwards must agree
+    h_seed, h_skip = seed_layout.task_inputs(batch), skip.task_inputs(batch)
+    reps = skip.shared(batch)
+    hmm = skip.shared.hmm.embed_dim if hasattr(skip.shared.hmm, "embed_dim") else 32
+    assert h_seed["ctr"].shape == (64, 32)
+    assert h_skip["ctr"].shape == (64, 32 + reps["ctr"].shape[1] + hmm)
+    assert torch.equal(h_skip["ctr"][:, 32:32 + reps["ctr"].shape[1]], reps["ctr"])  # the task's own gated repr
+    assert skip(batch)["timing"].shape == (64, 28)

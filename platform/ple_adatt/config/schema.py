@@ -75,6 +75,10 @@ class BasketSection(Section):
     hidden: list[int] = [128, 64]
     out_dim: int = Field(32, ge=1)
     cluster_dim: int = Field(32, ge=1)
+    skip: bool = False
+    """Towers also read the task's own gated representation (and HMM projection) next to the basket
+    output. Off = the seed's layout, where a group's tasks share one 32-D summary that differs
+    between them only through their gate weights."""
 
 
 class TransferEdge(Section):

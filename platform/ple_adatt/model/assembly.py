@@ -6,7 +6,7 @@
           -> towers (TaskTower logits; ContrastiveTower similarities / tau)    {task: logits}
 
 Without the basket, a task's tower reads its gated representation concatenated with its HMM
-projection. Blocks are built elsewhere (train/build.py) and passed in: composition, no config here.
+projection; with `basket_skip` it reads that and the basket output side by side. Blocks are built elsewhere (train/build.py) and passed in: composition, no config here.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from ple_adatt.model.shared_side import SharedExtractor
 
 class HeteroPLE(nn.Module):
     def __init__(self, shared: SharedExtractor, towers: nn.ModuleDict, tasks: Sequence[str],
-                 basket: nn.Module | None = None, transfer: nn.Module | None = None):
+                 basket: nn.Module | None = None, transfer: nn.Module | None = None, basket_skip: bool = False):
         super().__init__()
         self.shared, self.towers, self.basket, self.transfer = shared, towers, basket, transfer
+        self.basket_skip = basket_skip
         self.tasks = list(tasks)
         self.order = list(transfer.order) if transfer is not None else self.tasks
 
@@ -30,13 +31,15 @@ class HeteroPLE(nn.Module):
         """{task: [B, D_in(tower)]}: the representation each tower (after logit transfer) reads."""
         reps = self.shared(batch)                                              # {t: [B, D_t]}
         hmm = self.shared.hmm
-        if self.basket is not None:
-            modes = {m: hmm.project(batch, m) for m in hmm.modes} if hmm is not None else None  # {mode: [B, 32]}
-            return self.basket(reps, modes, cluster_probs=batch.get("cluster_probs"))     # {t: [B, 32]}
-        if hmm is not None:
+        own = reps
+        if hmm is not None and (self.basket is None or self.basket_skip):
             emb = hmm(batch)                                                   # {t: [B, 32]}
-            return {t: torch.cat([reps[t], emb[t]], dim=1) for t in self.tasks}
-        return reps
+            own = {t: torch.cat([reps[t], emb[t]], dim=1) for t in self.tasks}
+        if self.basket is None:
+            return own
+        modes = {m: hmm.project(batch, m) for m in hmm.modes} if hmm is not None else None  # {mode: [B, 32]}
+        out = self.basket(reps, modes, cluster_probs=batch.get("cluster_probs"))          # {t: [B, 32]}
+        return {t: torch.cat([out[t], own[t]], dim=1) for t in self.tasks} if self.basket_skip else out
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         h = self.task_inputs(batch)

@@ -72,7 +72,7 @@ def build_hetero_ple(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: 
                              task_modes={t: shared.hmm.task_modes[t] for t in tasks} if shared.hmm else None,
                              hmm_dim=hmm_dim, n_clusters=cluster_k or 0, cluster_dim=m.basket.cluster_dim,
                              hidden_dims=list(m.basket.hidden), out_dim=m.basket.out_dim, dropout=m.dropout)
-        tower_in = m.basket.out_dim
+        tower_in = m.basket.out_dim + (shared.task_out_dim + hmm_dim if m.basket.skip else 0)
     else:
         tower_in = shared.task_out_dim + hmm_dim
     out_dims = task_output_dims(cfg)
@@ -86,7 +86,7 @@ def build_hetero_ple(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: 
     if m.logit_transfer.enabled and edges:  # edges touching an inactive task are dropped
         transfer = LogitTransfer(tasks, {t: spec.task(t).type for t in tasks}, out_dims, edges,
                                  hidden_dim=tower_in, detach_source=m.logit_transfer.detach_source)
-    return HeteroPLE(shared, towers, tasks, basket=basket, transfer=transfer)
+    return HeteroPLE(shared, towers, tasks, basket=basket, transfer=transfer, basket_skip=m.basket.skip)
 
 
 def build_optimizer(cfg: ExperimentConfig, params, lr: float | None = None) -> torch.optim.Optimizer:
