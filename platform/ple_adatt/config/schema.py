@@ -142,8 +142,8 @@ class AdattSection(Section):
     """Phase boundaries as fractions of the phase-1 epochs, so short runs keep all three phases."""
     affinity_on: Literal["parameters", "expert_heads", "representation"] = "expert_heads"
     """Task gradients w.r.t. every shared-expert parameter (spec §7.1; one backward through all
-    experts per task), each expert's output head (GradNorm's last shared layer; the default: it
-    keeps the overhead near 5 % at grad_interval 10) or the shared representation (cheapest)."""
+    experts per task), each expert's output head (GradNorm's last shared layer; the default: +8 %
+    step time at grad_interval 10 on the shipped model, docs/adatt.md) or the shared representation (cheapest)."""
 
     @model_validator(mode="after")
     def _order(self):
