@@ -34,6 +34,8 @@ def test_prepare_writes_parquet_and_a_valid_spec(tmp_path):
     assert sorted(groups["numeric"]["columns"] + groups["money"]["columns"]) == sorted(NUMERIC)
     assert groups["money"]["log1p"] and set(groups["money"]["columns"]) == set(MONEY)
     assert len(feats) == 39 and len(set(feats)) == 39      # 40 features minus the marital label source
+    assert groups["numeric_codes"]["kind"] == "categorical"
+    assert groups["numeric_codes"]["columns"] == [f"{c}_code" for c in NUMERIC]
     assert not {"instance_weight", "income_50k", "marital_stat"} & set(feats)
     lines = _raw_lines(TRAIN)
     train = pq.read_table(tmp_path / "c" / "train.parquet").to_pandas()
@@ -43,13 +45,15 @@ def test_prepare_writes_parquet_and_a_valid_spec(tmp_path):
     assert train["y_income"].sum() == sum(line.rstrip().endswith("50000+.") for line in lines) == 12
     assert train["y_marital"].sum() == sum(", Never married," in line for line in lines) == 129
     assert train["age"].dtype == "float32" and train["education"].iloc[0] == "High school graduate"
+    assert train["capital_gains_code"].dtype == "int64"
+    assert (train["capital_gains_code"] == train["capital_gains"].round()).all()
 
 
 def test_education_task_drops_its_source_columns(tmp_path):
     spec = yaml.safe_load(prepare_census(TRAIN, VAL, VAL, out_dir=tmp_path / "e", with_education=True).read_text())
     DatasetSpec.model_validate(spec)
     feats = [c for g in spec["groups"].values() for c in g["columns"]]
-    assert "education" not in feats and "hs_college" not in feats
+    assert len(feats) == 37 + len(NUMERIC) and "education" not in feats and "hs_college" not in feats
     assert [t["name"] for t in spec["tasks"]] == ["income", "marital", "education"] and "test" in spec["splits"]
     df = pq.read_table(tmp_path / "e" / "train.parquet").to_pandas()
     raw = read_raw(TRAIN)

@@ -5,6 +5,11 @@ file, select on the validation half of the official test file; tasks `income` (>
 `marital` (never married), optionally `education` (bachelor's or higher, in which case
 `education` and `hs_college` leave the features). `instance_weight` is a survey weight,
 not a feature: it is kept as a column but in no feature group.
+
+Each continuous column is also written as an integer code `<col>_code` in a categorical group:
+exact values carry information a scaled number hides (capital_gains = 99999 is the survey's
+top-code; round weekly wages cluster). With these and a DeepFM expert next to the MLP, PLE
+reaches income AUC 0.956 on the validation half against 0.948 without (docs/data.md).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ COLUMNS = (
 # vet_benefits, year) are nominal and go to the categorical group.
 NUMERIC = ("age", "wage_per_hour", "capital_gains", "capital_losses", "stock_dividends", "num_emp", "weeks_worked")
 MONEY = ("wage_per_hour", "capital_gains", "capital_losses", "stock_dividends")
+EXPERTS = ["mlp", "deepfm"]   # ple_hetero's shared experts for every group; baselines ignore the list
 INCOME_VALUES = {"- 50000.": 0, "50000+.": 1}
 MARITAL_VALUES = ("Never married", "Married-civilian spouse present", "Married-spouse absent", "Separated",
                   "Divorced", "Widowed", "Married-A F spouse present")
@@ -90,6 +96,8 @@ def to_tasks(raw: pd.DataFrame, with_education: bool) -> pd.DataFrame:
     if with_education:
         out = out.drop(columns=["education", "hs_college"])   # they define the label
         out["y_education"] = raw["education"].isin(DEGREE_OR_HIGHER).astype("int8")
+    for col in NUMERIC:  # whole numbers in the raw files: the code is the exact value
+        out[f"{col}_code"] = raw[col].round().astype("int64")
     return out
 
 
@@ -108,11 +116,14 @@ def dataset_spec(with_education: bool, has_test: bool) -> dict:
         tasks.append({"name": "education", "type": "binary", "label": "y_education"})
     return {"name": "census_income" + ("_edu" if with_education else ""),
             "splits": {"train": "train.parquet", "val": "val.parquet"} | ({"test": "test.parquet"} if has_test else {}),
-            "groups": {"numeric": {"kind": "numeric", "columns": [c for c in numeric if c not in MONEY], "experts": ["mlp"]},
+            "groups": {"numeric": {"kind": "numeric", "columns": [c for c in numeric if c not in MONEY], "experts": EXPERTS},
                        # dollar amounts are heavy-tailed (mostly 0, up to 99,999): log-scale them
                        "money": {"kind": "numeric", "columns": [c for c in numeric if c in MONEY], "log1p": True,
-                                 "experts": ["mlp"]},
-                       "categorical": {"kind": "categorical", "columns": categorical, "experts": ["mlp"]}},
+                                 "experts": EXPERTS},
+                       # the same values as exact codes: values unseen in train map to "unknown"
+                       "numeric_codes": {"kind": "categorical", "columns": [f"{c}_code" for c in numeric],
+                                         "experts": EXPERTS},
+                       "categorical": {"kind": "categorical", "columns": categorical, "experts": EXPERTS}},
             "tasks": tasks}
 
 
