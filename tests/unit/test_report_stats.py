@@ -75,8 +75,17 @@ def test_paired_test_wilcoxon_from_six_seeds():
 
 def test_paired_test_zero_spread():
     assert paired_test([0.0, 0.0, 0.0])["p_t"] == 1.0
-    shift = paired_test([0.5, 0.5, 0.5])
-    assert shift["p_t"] == 0.0 and shift["t"] == math.inf
+    shift = paired_test([0.5, 0.5, 0.5])  # t undefined: exact two-sided sign test, 2 * 0.5**3
+    assert shift["p_t"] == 0.25 and shift["t"] == math.inf
+    assert paired_test([0.01] * 7)["p_t"] == pytest.approx(2 * 0.5**7)
+
+
+def test_equal_differences_up_to_float_noise_are_zero_spread():
+    # -7/2000 in both seeds, computed from different accuracies: equal up to rounding. A t-test on
+    # that spread reported d_z ~ -1e14 and p < 1e-4 in a 2-seed study; it is no evidence at all.
+    d = [0.1395 - 0.1430, 0.1360 - 0.1395]
+    out = paired_test(d)
+    assert out["p_t"] == 0.5 and out["d_z"] == -math.inf
 
 
 def test_paired_differences_is_seed_matched():

@@ -170,9 +170,11 @@ def paired_test(diffs: Sequence[float], level: float = 0.95) -> dict[str, float]
     """Paired t-test (one-sample t on the differences) plus Wilcoxon when n ≥ 6.
 
     Returns n, mean_diff, sd_diff, ci_low, ci_high, t, df, p_t, p_wilcoxon, d_z
-    (Cohen's d_z = mean/sd of the differences). Zero spread is handled explicitly
-    rather than letting scipy return NaN: all-zero differences give p = 1; identical
-    non-zero differences give p = 0 and an infinite t/d_z (a deterministic shift).
+    (Cohen's d_z = mean/sd of the differences). Zero spread (sd below float noise) is
+    handled explicitly, since t is undefined there: all-zero differences give p = 1;
+    identical non-zero differences give an infinite t/d_z and the exact two-sided sign-test
+    p = 2·0.5^n. Equal differences are common with discrete metrics (accuracy over a fixed
+    validation set) and, with 2 seeds, are no evidence of a deterministic shift.
     """
     d = np.asarray(diffs, dtype=float)
     n = d.size
@@ -183,9 +185,9 @@ def paired_test(diffs: Sequence[float], level: float = 0.95) -> dict[str, float]
         return out
     sd = float(d.std(ddof=1))
     out["sd_diff"] = sd
-    if sd == 0.0:
+    if sd <= 1e-12 * max(1.0, abs(m)):  # float noise of equal differences counts as zero spread
         shift = m != 0.0
-        out.update(t=math.copysign(math.inf, m) if shift else 0.0, p_t=0.0 if shift else 1.0,
+        out.update(t=math.copysign(math.inf, m) if shift else 0.0, p_t=min(1.0, 2 * 0.5**n) if shift else 1.0,
                    d_z=math.copysign(math.inf, m) if shift else 0.0)
     else:
         t = m / (sd / math.sqrt(n))
