@@ -6,7 +6,8 @@
           -> towers (TaskTower logits; ContrastiveTower similarities / tau)    {task: logits}
 
 Without the basket, a task's tower reads its gated representation concatenated with its HMM
-projection; with `basket_skip` it reads that and the basket output side by side. Blocks are built elsewhere (train/build.py) and passed in: composition, no config here.
+projection; with `basket_skip` it reads that and the basket output side by side. Blocks are built
+elsewhere (train/build.py) and passed in: composition, no config here.
 """
 from __future__ import annotations
 
@@ -30,14 +31,13 @@ class HeteroPLE(nn.Module):
     def task_inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{task: [B, D_in(tower)]}: the representation each tower (after logit transfer) reads."""
         reps = self.shared(batch)                                              # {t: [B, D_t]}
-        hmm = self.shared.hmm
-        own = reps
-        if hmm is not None and (self.basket is None or self.basket_skip):
-            emb = hmm(batch)                                                   # {t: [B, 32]}
-            own = {t: torch.cat([reps[t], emb[t]], dim=1) for t in self.tasks}
+        hmm, modes = self.shared.hmm, None
+        if hmm is not None:  # each mode projected once; the basket takes every mode, towers their task's
+            needed = hmm.modes if self.basket is not None else sorted(set(hmm.task_modes.values()))
+            modes = {m: hmm.project(batch, m) for m in needed}                 # {mode: [B, 32]}
+        own = reps if modes is None else {t: torch.cat([reps[t], modes[hmm.task_modes[t]]], dim=1) for t in self.tasks}
         if self.basket is None:
             return own
-        modes = {m: hmm.project(batch, m) for m in hmm.modes} if hmm is not None else None  # {mode: [B, 32]}
         out = self.basket(reps, modes, cluster_probs=batch.get("cluster_probs"))          # {t: [B, 32]}
         return {t: torch.cat([out[t], own[t]], dim=1) for t in self.tasks} if self.basket_skip else out
 
