@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ple_adatt.model.experts._io import last_linear_parameters
 from ple_adatt.model.towers import TaskTower
 from ple_adatt.model.towers import mlp_blocks as mlp
 
@@ -68,6 +67,14 @@ class ExpertGate(nn.Module):
         w = torch.softmax(self.proj(x), dim=-1)  # [B, E]
         self.last_weights = w.detach()
         return torch.einsum("be,bed->bd", w, experts)  # [B, D]
+
+
+def last_linear_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters of the last ``nn.Linear`` registered in ``module`` (an MLP's output layer)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TypeError(f"{type(module).__name__} has no nn.Linear layer")
+    return [p for p in linears[-1].parameters() if p.requires_grad]
 
 
 class MultiTaskModel(nn.Module):

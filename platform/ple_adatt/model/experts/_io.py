@@ -143,11 +143,3 @@ def head_parameters(expert: nn.Module) -> list[nn.Parameter]:
     if not names:
         raise TypeError(f"{type(expert).__name__} declares no `head` submodules")
     return [p for n in names for p in getattr(expert, n).parameters() if p.requires_grad]
-
-
-def last_linear_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """Trainable parameters of the last ``nn.Linear`` registered in ``module`` (an MLP's output layer)."""
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise TypeError(f"{type(module).__name__} has no nn.Linear layer")
-    return [p for p in linears[-1].parameters() if p.requires_grad]
