@@ -91,3 +91,22 @@ def test_report_rejects_bad_extras(tmp_path):
         write_report(tmp_path, results(), StudyMeta("s", "ple"), diag, sweep)
     assert "missing columns ['correlation']" in str(e.value)
     assert "affinity['ple_adatt']" in str(e.value)
+
+
+def test_sweep_reports_the_per_type_gap_per_level(tmp_path):
+    # Two regression tasks; shared-bottom's gap moves between tasks by seed but their mean is 0.1 * (1 - c).
+    rows = []
+    for c in (0.0, 0.5, 0.9):
+        for s in (0, 1, 2):
+            split = 1.0 if s % 2 else 0.0
+            for t, share in (("r1", split), ("r2", 1 - split)):
+                rows += [("st", c, s, t, "regression", "rmse", 1.0 + 0.001 * s),
+                         ("sb", c, s, t, "regression", "rmse", 1.0 + 0.001 * s + 0.2 * share * (1 - c))]
+    sweep = pd.DataFrame(rows, columns=["variant", "correlation", "seed", "task", "task_type", "metric", "value"])
+    main = sweep[sweep["correlation"] == 0.5].drop(columns="correlation").assign(oracle_gap=np.nan)
+    files = write_report(tmp_path, main, StudyMeta("corr", "st"), sweep=sweep)
+    assert "sweep_type_gap.png" in files
+    md = files["report.md"].read_text()
+    row = {c: next(l for l in md.splitlines() if l.startswith(f"| regression | rmse | {c} |")) for c in (0.0, 0.5, 0.9)}
+    assert "+0.1 [+0.1, +0.1]" in row[0.0] and "+0.05 [+0.05, +0.05]" in row[0.5]
+    assert "+0.01 [+0.01, +0.01]" in row[0.9]

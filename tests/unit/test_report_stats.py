@@ -196,6 +196,19 @@ def test_per_type_average_requires_same_tasks_every_seed():
         per_type_seed_values(table(rows))
 
 
+def test_per_type_average_by_sweep_level():
+    rows = [(v, c, s, t, "regression", "rmse", base + (0.1 if v == "sb" else 0.0) * (1 - c) + 0.01 * s)
+            for v in ("st", "sb") for c in (0.0, 0.5) for s in (0, 1)
+            for t, base in (("r1", 1.0), ("r2", 2.0))]
+    df = pd.DataFrame(rows, columns=["variant", "correlation", "seed", "task", "task_type", "metric", "value"])
+    out = per_type_seed_values(df, by=("correlation",))
+    assert list(out.columns[:3]) == ["variant", "correlation", "seed"]
+    got = out.set_index(["variant", "correlation", "seed"])["value"].to_dict()
+    assert got[("sb", 0.0, 1)] == pytest.approx(1.5 + 0.1 + 0.01)   # mean of r1, r2 at that level
+    assert got[("st", 0.5, 0)] == pytest.approx(1.5)
+    assert set(out["n_tasks"]) == {2}
+
+
 def test_validate_results_reports_all_problems():
     with pytest.raises(ValueError, match=r"missing columns \['task_type'\]"):
         validate_results(pd.DataFrame(columns=["variant", "seed", "task", "metric", "value"]))

@@ -235,7 +235,27 @@ def _sweep_blocks(sweep, comp, meta, plot) -> list[Block]:
                       f"{m} vs task correlation") for m in sorted(summ["metric"].unique())]
     blocks += [_wide_ci(summ, ["task", "metric", "correlation"], variants),
                _comparison_table(comp, ["correlation", "task", "metric"], meta)]
+    if "task_type" in sweep.columns and sweep.groupby(["task_type", "metric"])["task"].nunique().max() > 1:
+        blocks += _sweep_type_blocks(sweep, meta, variants, plot)
     return blocks
+
+
+def _sweep_type_blocks(sweep, meta, variants, plot) -> list[Block]:
+    """Per level, each seed's metric averaged over the tasks of one type, and the paired gap to the
+    baseline: with a narrow shared model the gap can move from one task to the other between seeds,
+    while their average follows the task correlation (MMoE paper, Fig. 3)."""
+    vals = st.per_type_seed_values(sweep, by=("correlation",))
+    vals = vals[vals["n_tasks"] > 1]
+    diff = st.paired_differences(vals, meta.baseline, ("correlation", "task_type", "metric"), meta.ci_level)
+    keys = ["task_type", "metric", "correlation"]
+    table = _wide_ci(st.summarize(vals, ["variant", *keys], meta.ci_level), keys, variants).merge(
+        _diff_ci_table(diff, keys, variants[1:]), on=keys)
+    return [f"Per-type averages per level (descriptive, not part of the corrected family): each seed's "
+            f"metric averaged over the tasks of one type, Δ = variant − {meta.baseline}, mean "
+            f"[{meta.ci_level:.0%} CI] over seeds.",
+            _Image(plot("sweep_type_gap.png", _sweep_gap_figure(diff, meta.baseline)),
+                   f"gap to {meta.baseline} vs task correlation, per-type average"),
+            table]
 
 
 def _method_blocks(df, comp, meta, sweep_comp) -> list[Block]:
@@ -399,6 +419,23 @@ def _sweep_figure(summ: pd.DataFrame, metric: str, variants: list[str]) -> Figur
             ax.errorbar(x, g["mean"], yerr=np.nan_to_num(err), marker="o",
                         capsize=3, color=colors[v], label=v)
         ax.set(title=task, xlabel="task correlation", ylabel=metric)
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def _sweep_gap_figure(diff: pd.DataFrame, baseline: str) -> Figure:
+    panels = list(diff.groupby(["task_type", "metric"], sort=True))
+    fig = Figure(figsize=(max(4.0, 3.6 * len(panels)), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colors = _colors(sorted(diff["variant"].unique()))
+    for ax, ((tt, met), g) in zip(axes, panels):
+        for v, gv in g.groupby("variant", sort=True):
+            gv = gv.sort_values("correlation")
+            err = np.vstack([gv["mean_diff"] - gv["ci_low"], gv["ci_high"] - gv["mean_diff"]])
+            ax.errorbar(gv["correlation"], gv["mean_diff"], yerr=np.nan_to_num(err), marker="o",
+                        capsize=3, color=colors[v], label=v)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set(title=f"{tt} (mean of tasks)", xlabel="task correlation", ylabel=f"Δ {met} vs {baseline}")
     axes[0].legend(fontsize="small")
     return fig
 

@@ -298,26 +298,29 @@ def compare(df: pd.DataFrame, meta: StudyMeta, by: Sequence[str] = ("task", "met
     return out
 
 
-def per_type_seed_values(results: pd.DataFrame) -> pd.DataFrame:
-    """Average over the tasks of one type, per (variant, seed, metric) — never across types.
+def per_type_seed_values(results: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Average over the tasks of one type, per (variant, *by, seed, metric) — never across types.
 
-    Each (variant, task_type, metric) must average the same set of tasks in every seed,
+    ``by`` adds grouping columns, e.g. ``("correlation",)`` for a sweep: one average per level.
+    Each (variant, *by, task_type, metric) must average the same set of tasks in every seed,
     otherwise seeds would average different things; that is reported as a ValueError.
-    Returns columns ``variant, seed, task_type, metric, value, n_tasks, tasks``.
+    Returns columns ``variant, *by, seed, task_type, metric, value, n_tasks, tasks``.
     """
+    by = list(by)
     errors, rows = [], []
-    for (v, tt, met), g in results.groupby(["variant", "task_type", "metric"], sort=True):
+    for key, g in results.groupby(["variant", *by, "task_type", "metric"], sort=True):
         task_sets = g.groupby("seed")["task"].apply(frozenset)
         if task_sets.nunique() > 1:
-            errors.append(f"variant {v!r}, {tt}/{met}: task sets differ across seeds "
+            where = ", ".join(f"{c}={k!r}" for c, k in zip(["variant", *by], key))
+            errors.append(f"{where}, {key[-2]}/{key[-1]}: task sets differ across seeds "
                           f"{ {s: sorted(t) for s, t in task_sets.items()} }")
             continue
         tasks = ",".join(sorted(task_sets.iloc[0]))
         for seed, gs in g.groupby("seed", sort=True):
-            rows.append((v, seed, tt, met, float(gs["value"].mean()), len(gs), tasks))
+            rows.append((*key[:-2], seed, *key[-2:], float(gs["value"].mean()), len(gs), tasks))
     if errors:
         raise ValueError("cannot average per task type:\n  " + "\n  ".join(errors))
-    return pd.DataFrame(rows, columns=["variant", "seed", "task_type", "metric", "value",
+    return pd.DataFrame(rows, columns=["variant", *by, "seed", "task_type", "metric", "value",
                                        "n_tasks", "tasks"])
 
 
