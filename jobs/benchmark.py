@@ -1,7 +1,7 @@
 """Training throughput: plain PyTorch vs Ray Train (1 and 2 workers) vs Ray Data ingest, one run.
 
     python jobs/benchmark.py --config configs/experiments/synthetic_ple.yaml --epochs 3
-The last line printed is one JSON object (automation reads it): plain_samples_per_s,
+The last line printed is one JSON object (automation reads it): the model's parameter counts, plain_samples_per_s,
 ray1_samples_per_s, ray2_samples_per_s, ingest_rows_per_s, the three ratios, and adaTT's step-time
 overhead (affinity on parameters / expert heads / representation, grad_interval 1 and 10).
     python jobs/benchmark.py --config configs/experiments/synthetic_ple.yaml --adatt-only   # no Ray

@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import torch
 
 from ple_adatt.config.schema import ExperimentConfig
-from ple_adatt.data.files import check_dataset, split_files
+from ple_adatt.data.files import DataError, check_dataset, split_files
 from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
 from ple_adatt.launch.inference import to_tensors
 from ple_adatt.train.build import build_model, build_optimizer, build_scheduler
@@ -64,7 +64,10 @@ def adatt_step_times(cfg: ExperimentConfig, state, steps: int = 44) -> dict[str,
     machine barely moves when torch runs one thread (the benchmark's default)."""
     data = load_train_tensors(cfg, state)
     n, bs = len(next(iter(data.values()))), cfg.train.batch_size
-    batches = [{k: v[i:i + bs] for k, v in data.items()} for i in range(0, min(n, bs * steps), bs)]
+    if n < bs:
+        raise DataError([f"adaTT step benchmark: the train split has {n} rows, fewer than train.batch_size={bs}"])
+    # Full batches only, so that every step costs the same and per-sample figures are exact.
+    batches = [{k: v[i:i + bs] for k, v in data.items()} for i in range(0, min(n, bs * steps) - bs + 1, bs)]
     modes = {"off": None, "params_gi1": ("parameters", 1), "params_gi10": ("parameters", 10),
              "heads_gi1": ("expert_heads", 1), "heads_gi10": ("expert_heads", 10),
              "repr_gi1": ("representation", 1), "repr_gi10": ("representation", 10)}
@@ -150,13 +153,19 @@ def adatt_overheads(cfg: ExperimentConfig, state, threads: int) -> dict:
     finally:
         torch.set_num_threads(prev)
     off = step["off"]
-    return {"adatt_step_s": step,
+    return {"adatt_step_s": step, "off_cpu_s_per_1k_samples": 1000.0 * off["cpu"] / cfg.train.batch_size,
             "adatt_overhead": {k: v["cpu"] / off["cpu"] - 1.0 for k, v in step.items() if k != "off"},
             "adatt_overhead_wall": {k: v["wall"] / off["wall"] - 1.0 for k, v in step.items() if k != "off"}}
 
 
-def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", with_adatt: bool = True,
-                  only_adatt: bool = False) -> dict:
+def model_size(cfg: ExperimentConfig, state) -> dict[str, int]:
+    """Trainable parameters of the configured model: all, and those in the shared experts."""
+    model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
+    count = lambda ps: sum(p.numel() for p in ps if p.requires_grad)  # noqa: E731
+    return {"parameters": count(model.parameters()), "shared_parameters": count(model.shared_parameters())}
+
+
+def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", only_adatt: bool = False) -> dict:
     from ple_adatt.launch.fit import ensure_ray
 
     rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())
@@ -166,7 +175,8 @@ def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", with_a
     # ratio measures the platform's overhead rather than a thread-count difference.
     threads = max(1, int(cfg.scaling.cpus_per_worker))
     if only_adatt:
-        out = {"model": cfg.model.arch, "batch_size": cfg.train.batch_size, "torch_threads_per_worker": threads}
+        out = {"model": cfg.model.arch, **model_size(cfg, state), "batch_size": cfg.train.batch_size,
+               "torch_threads_per_worker": threads}
         return _rounded({**out, **adatt_overheads(cfg, state, threads)})
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -179,7 +189,8 @@ def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", with_a
     ray1 = ray_train_rates(cfg, 1, f"{tag}-ray1")
     ray2 = ray_train_rates(cfg, 2, f"{tag}-ray2")
     out = {
-        "model": cfg.model.arch, "batch_size": cfg.train.batch_size, "train_rows": rows["train"], "epochs": epochs,
+        "model": cfg.model.arch, **model_size(cfg, state), "batch_size": cfg.train.batch_size,
+        "train_rows": rows["train"], "epochs": epochs,
         "torch_threads_per_worker": threads, "cache_train": cfg.train.cache_train,
         "plain_samples_per_s": steady(plain), "ray1_samples_per_s": steady(ray1),
         "ray2_samples_per_s": steady(ray2), "ingest_rows_per_s": steady(ingest),
@@ -188,8 +199,7 @@ def run_benchmark(cfg: ExperimentConfig, epochs: int, tag: str = "bench", with_a
     out["ratio_ray1_vs_plain"] = out["ray1_samples_per_s"] / out["plain_samples_per_s"]
     out["ratio_ray2_vs_plain"] = out["ray2_samples_per_s"] / out["plain_samples_per_s"]
     out["ratio_ingest_vs_consumption"] = out["ingest_rows_per_s"] / out["ray1_samples_per_s"]
-    if with_adatt:
-        out.update(adatt_overheads(cfg, state, threads))
+    out.update(adatt_overheads(cfg, state, threads))
     return _rounded(out)
 
 
