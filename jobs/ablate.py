@@ -6,7 +6,8 @@ Local (starts or joins a local Ray):
 Cluster:
     ray job submit --working-dir . -- python jobs/ablate.py --config configs/ablation/adatt_on_off.yaml
 Overrides whose first key is a study field (seeds, variants, baseline, alpha, ...) edit the study;
-every other key edits the base experiment. Re-running the same command resumes the study.
+every other key edits the base experiment. Re-running the same command resumes the study; a changed
+design (seeds, variants, levels, base) under the same name is refused: pass name=<new name>.
 The report lands in <run.storage_path>/<study>/report/ (report.md, report.html) and in MLflow.
 """
 from ple_adatt.cli import config_parser, fail

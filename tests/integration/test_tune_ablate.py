@@ -57,6 +57,11 @@ def test_study_two_variants_two_seeds_report_and_regeneration(ray_session, tiny_
     overrides = [f"dataset={tiny_dataset}", f"run.storage_path={tmp_path / 'runs'}", "max_concurrent=1"]
     out = run_study(prepare_study(path, overrides), verbose=0)
     assert not out.interrupted
+    # The finished study's design is recorded; asking it for more seeds is refused before Ray does anything.
+    from ple_adatt.config.loading import ConfigError
+
+    with pytest.raises(ConfigError, match=r"seeds: \[0, 1\] -> \[0, 1, 2\]"):
+        run_study(prepare_study(path, overrides + ["seeds=[0,1,2]"]), verbose=0)
     report = tmp_path / "runs" / "itest-study" / "report"
     md = (report / "report.md").read_text()
     for section in ("Summary", "Verdict", "Per-task results", "Paired differences vs baseline",

@@ -16,10 +16,13 @@ from ple_adatt.launch.ablate import (
     STUDY_KIND,
     STUDY_TAG,
     TASK_TYPES_TAG,
+    GRID_FILE,
     _split,
+    check_same_grid,
     metric_rows,
     prepare_study,
     regenerate_report,
+    study_grid,
     study_meta,
 )
 from ple_adatt.launch.study_config import load_study
@@ -162,3 +165,18 @@ def test_shipped_studies_start_with_a_comment_and_validate(path):
     except ConfigError as e:
         # Allowed only: datasets that must be generated first (commands in the YAML or its base).
         assert all("file not found" in p and "/data/" in p for p in e.problems), e.problems
+
+
+def test_resuming_a_study_whose_design_changed_is_refused(tmp_path):
+    path = _study(tmp_path)
+    first = study_grid(prepare_study(path, []))
+    exp = tmp_path / "runs" / "s"
+    exp.mkdir(parents=True)
+    (exp / GRID_FILE).write_text(json.dumps(first))
+    check_same_grid(exp, study_grid(prepare_study(path, [])), str(path))          # same design: resumes
+    check_same_grid(tmp_path / "runs" / "new", first, str(path))                    # nothing recorded: new study
+    with pytest.raises(ConfigError) as e:
+        check_same_grid(exp, study_grid(prepare_study(path, ["seeds=[0,1,2]"])), str(path))
+    assert "seeds: [0, 1] -> [0, 1, 2]" in str(e.value) and "name=<new name>" in str(e.value)
+    with pytest.raises(ConfigError, match=r"\(base changed\)"):
+        check_same_grid(exp, study_grid(prepare_study(path, ["train.epochs=1"])), str(path))

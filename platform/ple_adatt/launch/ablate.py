@@ -170,6 +170,36 @@ def study_meta(sc: StudyConfig) -> dict:
             "reference": sc.sweep.reference_level() if sc.sweep else None}
 
 
+GRID_FILE = "study_grid.json"  # next to Tune's experiment state: what the study's runs are made of
+
+
+def study_grid(study: Study) -> dict:
+    """The study's design as JSON: base experiment, variants, seeds and sweep levels."""
+    sc = study.config
+    grid = {"base": study.base, "variants": sc.variants, "seeds": list(sc.seeds),
+            "levels": sc.sweep.levels if sc.sweep else None}
+    return json.loads(json.dumps(grid, sort_keys=True, default=str))
+
+
+def check_same_grid(exp_path: Path, grid: dict, source: str) -> None:
+    """Refuse to resume a study whose design changed since it started.
+
+    Tune restores the grid it started with and skips finished runs, so new seeds would never run
+    and a changed base or variant would mix two designs in one report.
+    """
+    path = exp_path / GRID_FILE
+    if not path.exists():  # a new study, or one started before designs were recorded
+        return
+    old = json.loads(path.read_text())
+    changed = [k for k in grid if old.get(k) != grid[k]]
+    if changed:
+        detail = "; ".join(f"{k}: {old.get(k)} -> {grid[k]}" if k in ("seeds", "levels") else f"{k} changed"
+                           for k in changed)
+        raise ConfigError(source, [f"study '{exp_path.name}' already exists at {exp_path} with a different design "
+                                   f"({detail}); resuming would skip or mix runs. Pass name=<new name> for a new "
+                                   f"study, or delete {exp_path} to start this one over"])
+
+
 def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int = 1) -> StudyOutcome:
     import ray
     import ray.tune as tune
@@ -184,11 +214,13 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
         if key not in seen:
             seen.add(key)
             check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())
-    ensure_ray(local_cpus_needed(base_cfg) + 1)  # + the Tune trial driver
-    n = derive_max_concurrent(ray.cluster_resources(), base_cfg, study.num_runs(), sc.max_concurrent)
     storage = storage_dir(base_cfg)
     exp_path = Path(storage) / sc.name
     report_dir = exp_path / "report"
+    grid = study_grid(study)
+    check_same_grid(exp_path, grid, study.source)
+    ensure_ray(local_cpus_needed(base_cfg) + 1)  # + the Tune trial driver
+    n = derive_max_concurrent(ray.cluster_resources(), base_cfg, study.num_runs(), sc.max_concurrent)
     uri, experiment, parent = tracking_setup(
         base_cfg, storage, f"study-{sc.name}", {"study": sc.model_dump_json()},
         {KIND_TAG: STUDY_KIND, STUDY_TAG: sc.name, META_TAG: json.dumps(study_meta(sc)),
@@ -199,6 +231,8 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
         print(f"[ple-adatt] resuming study {sc.name} from {exp_path}", flush=True)
         tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=True)
     else:
+        exp_path.mkdir(parents=True, exist_ok=True)
+        (exp_path / GRID_FILE).write_text(json.dumps(grid, indent=1))
         space: dict[str, Any] = {"variant": tune.grid_search(list(sc.variants)), "seed": tune.grid_search(list(sc.seeds))}
         if sc.sweep:
             space["level"] = tune.grid_search(list(sc.sweep.levels))
@@ -209,6 +243,10 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
                                                      callbacks=list(tune_callbacks or [])))
     results = tuner.fit()
     done = results.num_terminated + results.num_errors
+    if len(results) < study.num_runs():  # restored a grid recorded before GRID_FILE existed
+        raise ConfigError(study.source, [f"study '{sc.name}' at {exp_path} holds {len(results)} runs but this "
+                                         f"command asks for {study.num_runs()}: its design changed since it started. "
+                                         f"Pass name=<new name> for a new study"])
     if done < study.num_runs():
         print(f"[ple-adatt] study {sc.name} interrupted after {done}/{study.num_runs()} runs; "
               f"re-run the same command to resume", flush=True)
