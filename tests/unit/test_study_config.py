@@ -10,13 +10,13 @@ import yaml
 
 from ple_adatt.config.loading import ConfigError
 from ple_adatt.launch.ablate import (
+    GRID_FILE,
     KIND_TAG,
     META_TAG,
     REPORT_DIR_TAG,
     STUDY_KIND,
     STUDY_TAG,
     TASK_TYPES_TAG,
-    GRID_FILE,
     _split,
     check_same_grid,
     metric_rows,
