@@ -63,11 +63,11 @@ def test_config_validates(rel, datasets):
         cfg = load_config(path, _stand_in(_dataset_ref(path), datasets))
         assert cfg.task_names()
     elif kind == "tune":
-        from ple_adatt.launch.study_config import load_campaign
+        from ple_adatt.launch.tune import load_campaign
 
         load_campaign(path, dataset_overrides=_stand_in(_dataset_ref_of_base(path), datasets))
     elif kind == "ablation":
-        from ple_adatt.launch.study_config import load_study
+        from ple_adatt.launch.ablate import load_study
 
         load_study(path, dataset_overrides=_stand_in(_dataset_ref_of_base(path), datasets))
     else:

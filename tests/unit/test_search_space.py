@@ -273,7 +273,7 @@ def test_multi_objective_summary_writes_pareto_set_study_and_plots(tmp_path):
 
 
 def test_set_path_creates_mappings_and_indexes_existing_lists():
-    from ple_adatt.launch.trial import get_path, set_path
+    from ple_adatt.config.paths import get_path, set_path
 
     d = {"model": {"logit_transfer": {"edges": [{"source": "a", "target": "b"}]}}}
     out = set_path(d, "model.logit_transfer.edges.0.strength", 0.3)

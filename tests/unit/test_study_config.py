@@ -25,7 +25,7 @@ from ple_adatt.launch.ablate import (
     study_grid,
     study_meta,
 )
-from ple_adatt.launch.study_config import load_study
+from ple_adatt.launch.ablate import load_study
 from ple_adatt.launch.trial import build_trial_config
 from ple_adatt.report import SECTIONS
 

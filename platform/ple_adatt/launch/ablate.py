@@ -20,7 +20,7 @@ from typing import Any
 
 from ple_adatt.config.loading import ConfigError, apply_overrides, read_yaml, validate
 from ple_adatt.config.schema import ExperimentConfig
-from ple_adatt.launch.study_config import StudyConfig
+from ple_adatt.config.sweeps import StudyConfig
 from ple_adatt.launch.trial import KIND_TAG, TASK_TYPES_TAG, TrialSpec, build_trial_config, run_trial
 from ple_adatt.launch.tune import (
     METRICS_BY_TYPE,
@@ -414,3 +414,11 @@ def regenerate_report(name: str, uri: str, out_dir: str | None = None) -> dict:
     df, sweep = collect_from_mlflow(uri, parent, meta)
     return write_study_report(Path(out_dir or meta["report_dir"]), df, sweep, meta, uri, parent,
                               adatt_diagnostics_from_mlflow(uri, parent, meta))
+
+
+def load_study(path: str | Path, dataset_overrides: list[str] | None = None) -> StudyConfig:
+    """The study schema only; with `dataset_overrides` the full pre-Ray validation of every variant,
+    with every dataset reference of the study (sweep levels included) replaced by that dataset."""
+    if dataset_overrides is None:
+        return validate(read_yaml(path), StudyConfig, str(path))
+    return prepare_study(path, list(dataset_overrides), replace_datasets=bool(dataset_overrides)).config

@@ -24,7 +24,7 @@ from typing import Any
 from ple_adatt.config.loading import load_config_dict
 from ple_adatt.config.loading import ConfigError, apply_overrides, config_to_yaml, flatten, read_yaml, validate
 from ple_adatt.config.schema import ExperimentConfig
-from ple_adatt.launch.study_config import (
+from ple_adatt.config.sweeps import (
     CampaignConfig,
     Objective,
     CategoricalParam,
@@ -704,3 +704,11 @@ def _track_summary(campaign: Campaign, df, out: Path, files: list[str], uri, par
         log.log_metrics({f"best/{m}": best[m] for m in campaign.metrics}, step=0)
         log.set_tag("best_trial", str(best["trial_id"]))
     log.finish("FINISHED")
+
+
+def load_campaign(path: str | Path, dataset_overrides: list[str] | None = None) -> CampaignConfig:
+    """The campaign schema only; with `dataset_overrides` (e.g. ["dataset=/tmp/stand-in.yaml"]) the
+    full pre-Ray validation too (base, search space, objective) against that dataset."""
+    if dataset_overrides is None:
+        return validate(read_yaml(path), CampaignConfig, str(path))
+    return prepare_campaign(path, list(dataset_overrides)).config

@@ -229,26 +229,6 @@ class StudyConfig(Section):
         return self
 
 
-def load_campaign(path: str | Path, dataset_overrides: list[str] | None = None) -> CampaignConfig:
-    """The campaign schema only; with `dataset_overrides` (e.g. ["dataset=/tmp/stand-in.yaml"]) the
-    full pre-Ray validation too (base, search space, objective) against that dataset."""
-    if dataset_overrides is None:
-        return validate(read_yaml(path), CampaignConfig, str(path))
-    from ple_adatt.launch.tune import prepare_campaign
-
-    return prepare_campaign(path, list(dataset_overrides)).config
-
-
-def load_study(path: str | Path, dataset_overrides: list[str] | None = None) -> StudyConfig:
-    """The study schema only; with `dataset_overrides` the full pre-Ray validation of every variant,
-    with every dataset reference of the study (sweep levels included) replaced by that dataset."""
-    if dataset_overrides is None:
-        return validate(read_yaml(path), StudyConfig, str(path))
-    from ple_adatt.launch.ablate import prepare_study
-
-    return prepare_study(path, list(dataset_overrides), replace_datasets=bool(dataset_overrides)).config
-
-
 def base_path(config_path: str | Path, base: str) -> Path:
     """The base experiment path, relative to the campaign/study file (absolute paths kept)."""
     p = Path(base)
@@ -256,5 +236,4 @@ def base_path(config_path: str | Path, base: str) -> Path:
 
 
 __all__ = ["AshaScheduler", "Budget", "CampaignConfig", "CategoricalParam", "ConfigError", "FloatParam",
-           "IntParam", "Objective", "Sampler", "StudyConfig", "SweepSection", "base_path", "load_campaign",
-           "load_study"]
+           "IntParam", "Objective", "Sampler", "StudyConfig", "SweepSection", "base_path"]
