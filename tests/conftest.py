@@ -29,6 +29,16 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def census_dataset(tmp_path_factory) -> Path:
+    """Census-Income prepared from the small shipped fixture files (tests/fixtures/census)."""
+    from ple_adatt.data.census import prepare_census
+
+    fix = ROOT / "tests/fixtures/census"
+    return prepare_census(fix / "census-income.train.gz", fix / "census-income.val.gz",
+                          out_dir=tmp_path_factory.mktemp("census") / "census")
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole integration tier: 4 logical CPUs so 2 train workers leave room
     for Ray Data and a Tune driver on the 2-core CI machine; capped object store."""
