@@ -40,7 +40,7 @@ def test_per_type_averages_never_mix_types_and_masks_apply():
 def test_metric_registry_matches_what_the_evaluator_reports():
     """METRICS_BY_TYPE lists exactly what evaluate_predictions emits per type (oracles and per-type
     averages included), and every emitted name has a direction."""
-    from ple_adatt.train.metrics import METRICS_BY_TYPE, metric_direction
+    from ple_adatt.train.metrics import METRICS_BY_TYPE, metric_mode
 
     rng = np.random.default_rng(0)
     n = 50
@@ -64,14 +64,14 @@ def test_metric_registry_matches_what_the_evaluator_reports():
         assert {k.rsplit("/", 1)[1] for k in out if k.startswith(f"avg/{ttype}/")} == set(names), ttype
     for k in out:
         if not k.endswith("/n"):
-            assert metric_direction(f"val/{k}") in ("max", "min"), k
+            assert metric_mode(f"val/{k}") in ("max", "min"), k
 
 
-def test_metric_direction_of_full_names():
-    from ple_adatt.train.metrics import metric_direction
+def test_metric_mode_of_full_names():
+    from ple_adatt.train.metrics import metric_mode
 
     names = ("val/loss", "val/avg/binary/auc", "val/value/mae", "val/click/logloss", "val/click/oracle_gap_auc",
              "val/x/oracle_gap_rmse", "val/x/oracle_rmse", "train/loss", "val/stage/top3")
-    assert [metric_direction(m) for m in names] == ["min", "max", "min", "min", "min", "max", "min", "min", "max"]
+    assert [metric_mode(m) for m in names] == ["min", "max", "min", "min", "min", "max", "min", "min", "max"]
     with pytest.raises(ValueError, match="unknown metric direction for 'gini'.*'auc'"):
-        metric_direction("val/x/gini")
+        metric_mode("val/x/gini")

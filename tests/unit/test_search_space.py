@@ -15,7 +15,7 @@ from ple_adatt.launch.search_space import DefineByRun, base_point
 from ple_adatt.launch.sweep import derive_max_concurrent, known_metrics, split_cli_overrides
 from ple_adatt.launch.tune import prepare_campaign
 from ple_adatt.report.tune_summary import best_config_yaml, pareto_front
-from ple_adatt.train.metrics import metric_direction
+from ple_adatt.train.metrics import metric_mode
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs/smoke/tiny.yaml")
@@ -133,7 +133,7 @@ def test_known_metrics_and_derived_modes():
               "val/avg/binary/auc", "val/avg/regression/mae"):
         assert m in known
     assert "val/stage/auc" not in known and "val/avg/contrastive/accuracy" not in known
-    assert [metric_direction(m) for m in ("val/loss", "val/click/auc", "val/value/mae", "val/click/logloss",
+    assert [metric_mode(m) for m in ("val/loss", "val/click/auc", "val/value/mae", "val/click/logloss",
                                      "val/click/oracle_gap_auc", "val/x/oracle_gap_rmse")] == \
         ["min", "max", "min", "min", "min", "max"]
 

@@ -37,7 +37,7 @@ from ple_adatt.launch.sweep import (
     split_cli_overrides,
 )
 from ple_adatt.launch.trial import KIND_TAG, TRIAL_TAG, TrialSpec, decode_choice, encode_choice, trial_run_name
-from ple_adatt.train.metrics import metric_direction
+from ple_adatt.train.metrics import metric_mode
 
 CAMPAIGN_FIELDS = set(CampaignConfig.model_fields)
 
@@ -143,7 +143,7 @@ def check_objective(cc: CampaignConfig, cfg: ExperimentConfig) -> list[str]:
 def objective_modes(cc: CampaignConfig) -> list[str]:
     o = cc.objective
     if o.mode is None:
-        return [metric_direction(m) for m in o.metrics()]
+        return [metric_mode(m) for m in o.metrics()]
     return list(o.mode) if isinstance(o.mode, list) else [o.mode]
 
 

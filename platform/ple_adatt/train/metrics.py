@@ -2,6 +2,10 @@
 
 Input per task: logits (numpy; [N] or [N, C]), labels [N], mask [N] bool, optional oracle.
 Names: `<task>/<metric>`, `avg/<type>/<metric>`, `<task>/oracle_<metric>`, `<task>/oracle_gap_<metric>`.
+
+The one metric registry: METRICS_BY_TYPE (names per task type, display order), HIGHER_IS_BETTER
+(direction per name) and metric_mode ("max"/"min" of a full reported name); campaigns, studies,
+reports and the console summary all read it from here.
 """
 from __future__ import annotations
 
@@ -36,9 +40,10 @@ def higher_is_better(metric: str) -> bool:
                      f"or a top-k name like 'top3'/'ndcg@5'")
 
 
-def metric_direction(name: str) -> str:
-    """Optimisation mode, "max" or "min", of a reported metric name: `val/avg/binary/auc`, `val/<task>/rmse`, `val/loss`,
-    `<task>/oracle_auc`. Oracle gaps (oracle - model) flip: `val/<task>/oracle_gap_auc` -> "min"."""
+def metric_mode(name: str) -> str:
+    """Tune/Optuna mode ("max" or "min") of a reported metric name: `val/avg/binary/auc`,
+    `val/<task>/rmse`, `val/loss`, `<task>/oracle_auc`. Oracle gaps (oracle - model) flip:
+    `val/<task>/oracle_gap_auc` -> "min" (a smaller gap is better)."""
     last = name.rsplit("/", 1)[-1]
     if last.startswith("oracle_gap_"):
         return "min" if higher_is_better(last[len("oracle_gap_"):]) else "max"
