@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ple_adatt.report import stats as st
+import ple_adatt.report.stats as st  # the module, not the package (whose __init__ imports render)
 from ple_adatt.train.metrics import METRICS_BY_TYPE, higher_is_better
 
 _REPORTED = list(dict.fromkeys(m for names in METRICS_BY_TYPE.values() for m in names))
