@@ -10,7 +10,7 @@ Relaunching with the same run name (run.name, default: the experiment name) resu
 from ple_adatt.cli import fail, parse_experiment
 from ple_adatt.data.files import DataError
 from ple_adatt.launch.fit import ResourceError, fit
-from ple_adatt.launch.summary import print_summary
+from ple_adatt.report.run_summary import print_summary
 
 
 def main() -> None:

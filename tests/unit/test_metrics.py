@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from ple_adatt.train.metrics import evaluate_predictions, task_metrics
 
@@ -34,3 +35,43 @@ def test_per_type_averages_never_mix_types_and_masks_apply():
     assert out["b/n"] == 50
     assert math.isclose(out["avg/binary/auc"], (out["a/auc"] + out["b/auc"]) / 2)
     assert "avg/regression/auc" not in out and "avg/binary/rmse" not in out
+
+
+def test_metric_registry_matches_what_the_evaluator_reports():
+    """METRICS_BY_TYPE lists exactly what evaluate_predictions emits per type (oracles and per-type
+    averages included), and every emitted name has a direction."""
+    from ple_adatt.train.metrics import METRICS_BY_TYPE, metric_mode
+
+    rng = np.random.default_rng(0)
+    n = 50
+    types = {"b": "binary", "m": "multiclass", "c": "contrastive", "r": "regression"}
+    preds = {
+        "b": {"logits": rng.normal(size=n), "label": rng.integers(0, 2, n).astype(float),
+              "oracle": rng.uniform(size=n)},
+        "m": {"logits": rng.normal(size=(n, 4)), "label": rng.integers(0, 4, n), "oracle": np.full((n, 4), 0.25)},
+        "c": {"logits": rng.normal(size=(n, 5)), "label": rng.integers(0, 5, n)},
+        "r": {"logits": rng.normal(size=n), "label": rng.normal(size=n), "oracle": rng.normal(size=n)},
+    }
+    for p in preds.values():
+        p["mask"] = np.ones(n, bool)
+    out = evaluate_predictions(types, preds)
+    assert set(METRICS_BY_TYPE) == set(types.values())
+    for task, ttype in types.items():
+        names = METRICS_BY_TYPE[ttype]
+        reported = {k.split("/", 1)[1] for k in out if k.startswith(f"{task}/") and k != f"{task}/n"}
+        oracle = {f"oracle_{m}" for m in names} | {f"oracle_gap_{m}" for m in names} if "oracle" in preds[task] else set()
+        assert reported == set(names) | oracle, ttype
+        assert {k.rsplit("/", 1)[1] for k in out if k.startswith(f"avg/{ttype}/")} == set(names), ttype
+    for k in out:
+        if not k.endswith("/n"):
+            assert metric_mode(f"val/{k}") in ("max", "min"), k
+
+
+def test_metric_mode_of_full_names():
+    from ple_adatt.train.metrics import metric_mode
+
+    names = ("val/loss", "val/avg/binary/auc", "val/value/mae", "val/click/logloss", "val/click/oracle_gap_auc",
+             "val/x/oracle_gap_rmse", "val/x/oracle_rmse", "train/loss", "val/stage/top3")
+    assert [metric_mode(m) for m in names] == ["min", "max", "min", "min", "min", "max", "min", "min", "max"]
+    with pytest.raises(ValueError, match="unknown metric direction for 'gini'.*'auc'"):
+        metric_mode("val/x/gini")

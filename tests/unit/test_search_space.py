@@ -11,19 +11,11 @@ import yaml
 
 from ple_adatt.config.loading import ConfigError, load_config
 from ple_adatt.launch.trial import TrialSpec, build_trial_config, decode_choice, encode_choice
-from ple_adatt.launch.tune import (
-    METRICS_BY_TYPE,
-    DefineByRun,
-    base_point,
-    best_config_yaml,
-    derive_max_concurrent,
-    known_metrics,
-    metric_mode,
-    pareto_front,
-    prepare_campaign,
-    split_cli_overrides,
-)
-from ple_adatt.train.metrics import evaluate_predictions
+from ple_adatt.launch.search_space import DefineByRun, base_point
+from ple_adatt.launch.sweep import derive_max_concurrent, known_metrics, split_cli_overrides
+from ple_adatt.launch.tune import prepare_campaign
+from ple_adatt.report.tune_summary import best_config_yaml, pareto_front
+from ple_adatt.train.metrics import metric_mode
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs/smoke/tiny.yaml")
@@ -146,20 +138,6 @@ def test_known_metrics_and_derived_modes():
         ["min", "max", "min", "min", "min", "max"]
 
 
-def test_metric_registry_matches_what_the_evaluator_reports():
-    rng = np.random.default_rng(0)
-    n = 50
-    preds = {
-        "b": {"logits": rng.normal(size=n), "label": rng.integers(0, 2, n).astype(float), "mask": np.ones(n, bool)},
-        "m": {"logits": rng.normal(size=(n, 4)), "label": rng.integers(0, 4, n), "mask": np.ones(n, bool)},
-        "r": {"logits": rng.normal(size=n), "label": rng.normal(size=n), "mask": np.ones(n, bool)},
-    }
-    out = evaluate_predictions({"b": "binary", "m": "multiclass", "r": "regression"}, preds)
-    for task, ttype in (("b", "binary"), ("m", "multiclass"), ("r", "regression")):
-        reported = {k.split("/", 1)[1] for k in out if k.startswith(f"{task}/") and k != f"{task}/n"}
-        assert reported == set(METRICS_BY_TYPE[ttype]), ttype
-
-
 def test_mode_must_match_metric_shape(tmp_path):
     msg = _problems(_campaign(tmp_path, objective={"metric": ["val/loss", "val/click/auc"], "mode": "min"}))
     assert "one mode per metric" in msg
@@ -175,7 +153,7 @@ def test_cli_overrides_split_between_campaign_and_experiment(tmp_path):
 
 def test_base_point_enqueues_the_base_values_inside_the_space(tmp_path):
     c = prepare_campaign(_campaign(tmp_path, search_space=CONDITIONAL))
-    point = base_point(c)
+    point = base_point(c.config.search_space, c.base_cfg)
     # tiny.yaml: arch ple, num_levels 1 (default), click loss default bce -> focal params inactive
     assert point["model.arch"] == "ple" and point["model.num_levels"] == 1
     assert point["tasks.click.loss"] == "bce" and "tasks.click.focal_alpha" not in point
@@ -238,7 +216,7 @@ class _FakeResult:
 def test_multi_objective_summary_writes_pareto_set_study_and_plots(tmp_path):
     import optuna
 
-    from ple_adatt.launch.tune import write_summary
+    from ple_adatt.report.tune_summary import write_summary
 
     space = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
              "model.arch": {"type": "categorical", "choices": ["ple", "mmoe"]}}
@@ -254,7 +232,7 @@ def test_multi_objective_summary_writes_pareto_set_study_and_plots(tmp_path):
                 for e in range(2)]
         results.append(_FakeResult(f"t{i}", cfg, hist))
     results.append(_FakeResult("t4", {"train.lr": 1e-3, "model.arch": "ple"}, [], error=RuntimeError("boom")))
-    out = write_summary(c, results, tmp_path / "exp", None, None)
+    out = write_summary(c, results, tmp_path / "exp" / "summary")
     assert sorted(out.pareto["trial_id"]) == ["t0", "t1", "t2"]          # t3 is dominated, t4 failed
     assert list(out.trials["status"]) == ["completed"] * 4 + ["error"]
     summary = Path(out.summary_dir)
@@ -268,7 +246,7 @@ def test_multi_objective_summary_writes_pareto_set_study_and_plots(tmp_path):
     assert len(study.trials) == 5 and len(study.best_trials) == 3
     assert [t.state.name for t in study.trials].count("FAIL") == 1
     # writing the summary again (a resumed campaign) replaces the study rather than duplicating trials
-    write_summary(c, results, tmp_path / "exp", None, None)
+    write_summary(c, results, tmp_path / "exp" / "summary")
     assert len(optuna.load_study(study_name="t", storage=f"sqlite:///{summary / 'optuna.db'}").trials) == 5
 
 

@@ -17,9 +17,7 @@ from ple_adatt.launch.ablate import (
     STUDY_KIND,
     STUDY_TAG,
     TASK_TYPES_TAG,
-    _split,
     check_same_grid,
-    metric_rows,
     prepare_study,
     regenerate_report,
     study_grid,
@@ -27,6 +25,7 @@ from ple_adatt.launch.ablate import (
 )
 from ple_adatt.launch.ablate import load_study
 from ple_adatt.launch.trial import build_trial_config
+from ple_adatt.report.results import metric_rows, results_table
 from ple_adatt.report import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +110,7 @@ def test_metric_rows_and_sweep_split():
     meta = {"name": "s", "variants": ["ple", "mmoe"], "sweep": "correlation", "reference": 0.5}
     rows = [r for lv in (0.0, 0.5) for v in ("mmoe", "ple") for s in (0, 1)
             for r in metric_rows(v, s, lv, m, types, {"binary": ["auc"]})]
-    main, sweep = _split(rows, meta)
+    main, sweep = results_table(rows, meta)
     assert list(dict.fromkeys(main["variant"])) == ["ple", "mmoe"] and len(main) == 4
     assert set(sweep["correlation"]) == {0.0, 0.5} and len(sweep) == 8 and "level" not in main
 

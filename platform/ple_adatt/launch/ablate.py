@@ -13,7 +13,6 @@ parent run, which carries the report metadata, so `jobs/report.py --study NAME` 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,16 +20,30 @@ from typing import Any
 from ple_adatt.config.loading import ConfigError, apply_overrides, read_yaml, validate
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.config.sweeps import StudyConfig
-from ple_adatt.launch.trial import KIND_TAG, TASK_TYPES_TAG, TrialSpec, build_trial_config, run_trial
-from ple_adatt.launch.tune import (
-    METRICS_BY_TYPE,
+from ple_adatt.launch.sweep import (
     absolutize_dataset_refs,
+    check_datasets,
+    check_report_metrics,
     clean_problems,
-    derive_max_concurrent,
+    close_parent_run,
+    cluster_concurrency,
+    fit_tuner,
+    interrupted,
     load_base,
+    open_parent_run,
+    partial_checks,
+    run_config,
     split_cli_overrides,
-    tracking_setup,
 )
+from ple_adatt.launch.trial import KIND_TAG, TASK_TYPES_TAG, TrialSpec, build_trial_config
+from ple_adatt.report.results import (
+    adatt_diagnostics_from_mlflow,
+    collect_from_mlflow,
+    metric_rows,
+    results_table,
+    write_study_report,
+)
+from ple_adatt.tracking import queries
 
 STUDY_KIND, STUDY_TAG, META_TAG, REPORT_DIR_TAG = "ablation_study", "ple_adatt.study", "ple_adatt.study_meta", "ple_adatt.report_dir"
 STUDY_FIELDS = set(StudyConfig.model_fields)
@@ -70,7 +83,7 @@ def prepare_study(path: str | Path, cli_overrides: list[str] | None = None, *, r
     try:
         sc = validate(raw, StudyConfig, str(path))
     except ConfigError as e:
-        raise ConfigError(str(path), problems + clean_problems(e.problems) + _partial_checks(path, raw, exp)) from None
+        raise ConfigError(str(path), problems + clean_problems(e.problems) + partial_checks(path, raw, exp, _variant_checks(raw))) from None
     folder = Path(path).resolve().parent
     if replace_datasets:
         keep = lambda over: [o for o in over if not o.startswith("dataset=")]  # noqa: E731
@@ -114,36 +127,27 @@ def prepare_study(path: str | Path, cli_overrides: list[str] | None = None, *, r
     return Study(sc, base, base_cfg, str(path), run_cfgs)
 
 
-def _partial_checks(path, raw: dict, exp: list[str]) -> list[str]:
-    """When the study itself is invalid, still check its base and each variant (one run, all errors)."""
-    problems: list[str] = []
-    if not isinstance(raw.get("base"), str):
+def _variant_checks(raw: dict):
+    """When the study itself is invalid, still check each variant against its base (all errors at once)."""
+    def check(base: dict, _cfg, folder: Path) -> list[str]:
+        problems: list[str] = []
+        variants = raw.get("variants")
+        for name, vo in (variants.items() if isinstance(variants, dict) else ()):
+            if not isinstance(vo, list):
+                continue
+            vp: list[str] = []
+            try:
+                validate(apply_overrides(base, absolutize_dataset_refs([str(o) for o in vo], folder), vp),
+                         ExperimentConfig)
+            except ConfigError as e:
+                vp += e.problems
+            problems += [f"variants.{name}: {p}" for p in vp]
         return problems
-    folder = Path(path).resolve().parent
-    over = raw.get("overrides") if isinstance(raw.get("overrides"), list) else []
-    base, base_cfg = load_base(path, raw["base"], absolutize_dataset_refs([str(o) for o in over], folder) + exp,
-                               problems)
-    variants = raw.get("variants")
-    if base_cfg is None or not isinstance(variants, dict):
-        return problems
-    for name, vo in variants.items():
-        if not isinstance(vo, list):
-            continue
-        vp: list[str] = []
-        try:
-            validate(apply_overrides(base, absolutize_dataset_refs([str(o) for o in vo], folder), vp), ExperimentConfig)
-        except ConfigError as e:
-            vp += e.problems
-        problems += [f"variants.{name}: {p}" for p in vp]
-    return problems
+    return check
 
 
 def _check_tasks_and_metrics(sc: StudyConfig, run_cfgs: dict) -> list[str]:
-    problems = []
-    for tt, metrics in sc.metrics.items():
-        bad = [m for m in metrics if m not in METRICS_BY_TYPE[tt]]
-        if bad:
-            problems.append(f"metrics.{tt}: {bad} not reported for {tt} tasks (valid: {list(METRICS_BY_TYPE[tt])})")
+    problems = check_report_metrics(sc.metrics)
     tasks = {k: tuple(c.task_names()) for k, c in run_cfgs.items()}
     if len(set(tasks.values())) > 1:
         problems.append("variants must train the same tasks (the report pairs them task by task): "
@@ -201,55 +205,40 @@ def check_same_grid(exp_path: Path, grid: dict, source: str) -> None:
 
 
 def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int = 1) -> StudyOutcome:
-    import ray
     import ray.tune as tune
 
-    from ple_adatt.data.files import check_dataset
-    from ple_adatt.launch.fit import ensure_ray, local_cpus_needed, storage_dir
+    from ple_adatt.launch.fit import storage_dir
 
     sc, base_cfg = study.config, study.base_cfg
-    seen = set()
-    for cfg in study.run_cfgs.values():  # every distinct dataset (sweep levels) checked before Ray starts
-        key = json.dumps(cfg.dataset.model_dump(mode="json"), sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())
+    check_datasets(study.run_cfgs.values())  # every distinct dataset (sweep levels) before Ray starts
     storage = storage_dir(base_cfg)
     exp_path = Path(storage) / sc.name
     report_dir = exp_path / "report"
     grid = study_grid(study)
     check_same_grid(exp_path, grid, study.source)
-    ensure_ray(local_cpus_needed(base_cfg) + 1)  # + the Tune trial driver
-    n = derive_max_concurrent(ray.cluster_resources(), base_cfg, study.num_runs(), sc.max_concurrent)
-    uri, experiment, parent = tracking_setup(
+    n = cluster_concurrency(base_cfg, study.num_runs(), sc.max_concurrent)
+    uri, experiment, parent = open_parent_run(
         base_cfg, storage, f"study-{sc.name}", {"study": sc.model_dump_json()},
         {KIND_TAG: STUDY_KIND, STUDY_TAG: sc.name, META_TAG: json.dumps(study_meta(sc)),
          REPORT_DIR_TAG: str(report_dir)})
     spec = _spec(sc, study.base, str(exp_path / "train"), uri, experiment, parent)
-    trainable = tune.with_parameters(run_trial, spec=spec)
-    if tune.Tuner.can_restore(str(exp_path)):
-        print(f"[ple-adatt] resuming study {sc.name} from {exp_path}", flush=True)
-        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=True)
-    else:
+
+    def new_tuner(trainable):
         exp_path.mkdir(parents=True, exist_ok=True)
         (exp_path / GRID_FILE).write_text(json.dumps(grid, indent=1))
         space: dict[str, Any] = {"variant": tune.grid_search(list(sc.variants)), "seed": tune.grid_search(list(sc.seeds))}
         if sc.sweep:
             space["level"] = tune.grid_search(list(sc.sweep.levels))
-        tuner = tune.Tuner(trainable, param_space=space,
-                           tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=n),
-                           run_config=tune.RunConfig(name=sc.name, storage_path=storage, verbose=verbose,
-                                                     failure_config=tune.FailureConfig(max_failures=sc.max_failures),
-                                                     callbacks=list(tune_callbacks or [])))
-    results = tuner.fit()
-    done = results.num_terminated + results.num_errors
+        return tune.Tuner(trainable, param_space=space,
+                          tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=n),
+                          run_config=run_config(sc.name, storage, verbose, sc.max_failures, tune_callbacks))
+
+    results = fit_tuner(exp_path, f"study {sc.name}", spec, new_tuner)
     if len(results) < study.num_runs():  # restored a grid recorded before GRID_FILE existed
         raise ConfigError(study.source, [f"study '{sc.name}' at {exp_path} holds {len(results)} runs but this "
                                          f"command asks for {study.num_runs()}: its design changed since it started. "
                                          f"Pass name=<new name> for a new study"])
-    if done < study.num_runs():
-        print(f"[ple-adatt] study {sc.name} interrupted after {done}/{study.num_runs()} runs; "
-              f"re-run the same command to resume", flush=True)
+    if interrupted(results, study.num_runs(), f"study {sc.name}", "runs"):
         return StudyOutcome(sc.name, str(exp_path), True, parent_run_id=parent)
     if results.num_errors:
         print(f"[ple-adatt] study {sc.name}: {results.num_errors} run(s) failed; the report uses the others",
@@ -260,48 +249,14 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
         diagnostics = adatt_diagnostics_from_mlflow(uri, parent, study_meta(sc))
     else:
         df, sweep = collect_from_results(results, sc, spec)
-    files = write_study_report(report_dir, df, sweep, study_meta(sc), uri, parent, diagnostics)
+    files = _publish_report(report_dir, df, sweep, study_meta(sc), uri, parent, diagnostics)
     return StudyOutcome(sc.name, str(exp_path), False, files, df, parent)
 
 
-# ============================================================================ results table
-
-def metric_rows(variant: str, seed: int, level: float | None, metrics: dict, task_types: dict[str, str],
-                report_metrics: dict[str, list[str]]) -> list[dict]:
-    """Final per-task metrics of one run -> tidy rows (report contract); non-finite values dropped."""
-    rows = []
-    for task, ttype in task_types.items():
-        for m in report_metrics.get(ttype, []):
-            v = metrics.get(f"val/{task}/{m}")
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
-                continue
-            gap = metrics.get(f"val/{task}/oracle_gap_{m}")
-            rows.append({"variant": variant, "seed": int(seed), "task": task, "task_type": ttype, "metric": m,
-                         "value": float(v), "oracle_gap": float(gap) if isinstance(gap, (int, float)) else math.nan,
-                         "level": level})
-    return rows
-
-
-def _split(rows: list[dict], meta: dict):
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    if df.empty:
-        raise ValueError(f"study {meta['name']}: no finished runs with metrics to report")
-    df = df.sort_values(["variant", "seed", "task", "metric"]).reset_index(drop=True)
-    order = [v for v in meta["variants"] if v in set(df["variant"])]
-    df["variant"] = pd.Categorical(df["variant"], order, ordered=True)
-    df = df.sort_values(["variant", "seed"]).reset_index(drop=True)
-    df["variant"] = df["variant"].astype(str)
-    if meta.get("sweep"):
-        sweep = df.rename(columns={"level": "correlation"})[
-            ["variant", "correlation", "seed", "task", "task_type", "metric", "value"]]
-        main = df[df["level"] == meta["reference"]].drop(columns=["level"])
-        return main.reset_index(drop=True), sweep
-    return df.drop(columns=["level"]), None
-
+# ============================================================================ results + report
 
 def collect_from_results(results, sc: StudyConfig, spec: TrialSpec):
+    """The tidy results table from Tune's results (tracking off): final metrics of each run."""
     rows = []
     for r in results:
         if r.error is not None or not r.metrics:
@@ -309,111 +264,33 @@ def collect_from_results(results, sc: StudyConfig, spec: TrialSpec):
         cfg = r.config
         task_types = json.loads(build_trial_config(spec, cfg)[1][TASK_TYPES_TAG])
         rows += metric_rows(cfg["variant"], cfg["seed"], cfg.get("level"), r.metrics, task_types, sc.metrics)
-    return _split(rows, study_meta(sc))
+    return results_table(rows, study_meta(sc))
 
 
-def finished_child_runs(uri: str, parent_run_id: str):
-    """(MlflowClient, the study's finished child runs): the one query both report inputs read."""
-    from ple_adatt.tracking import mlflow_tracking as mt
-
-    client = mt.RunLogger(uri, parent_run_id).client
-    exp_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
-                              max_results=10000)
-    return client, runs
-
-
-def collect_from_mlflow(uri: str, parent_run_id: str, meta: dict):
-    """Rebuild the tidy table from the study's finished MLflow child runs (final-epoch metrics)."""
-    _, runs = finished_child_runs(uri, parent_run_id)
-    rows, seen = [], set()
-    level_name = meta.get("sweep")
-    for run in runs:
-        tags = run.data.tags
-        if "variant" not in tags or "seed" not in tags or tags["variant"] not in meta["variants"]:
-            continue
-        level = float(tags[level_name]) if level_name and level_name in tags else None
-        key = (tags["variant"], int(tags["seed"]), level)
-        if key in seen:
-            continue
-        seen.add(key)
-        rows += metric_rows(key[0], key[1], level, run.data.metrics, json.loads(tags.get(TASK_TYPES_TAG, "{}")),
-                            meta["metrics"])
-    return _split(rows, meta)
-
-
-def adatt_diagnostics_from_mlflow(uri: str, parent_run_id: str, meta: dict):
-    """adaTT diagnostics of the study's runs: per-epoch transfer entropy (metric history) and each
-    variant's final-epoch affinity (artifact adatt/affinity_final.json, averaged over seeds)."""
-    import tempfile
-
-    import numpy as np
-    import pandas as pd
-
-    from ple_adatt.report import AdattDiagnostics
-
-    client, runs = finished_child_runs(uri, parent_run_id)
-    rows, mats = [], {}
-    for run in runs:
-        tags = run.data.tags
-        if "variant" not in tags or "adatt/transfer_entropy" not in run.data.metrics:
-            continue
-        for m in client.get_metric_history(run.info.run_id, "adatt/transfer_entropy"):
-            rows.append({"variant": tags["variant"], "seed": int(tags["seed"]), "epoch": m.step,
-                         "transfer_entropy": m.value})
-        with tempfile.TemporaryDirectory() as d:
-            try:
-                path = client.download_artifacts(run.info.run_id, "adatt/affinity_final.json", d)
-            except Exception:  # noqa: BLE001 - a run without the artifact just has no heatmap
-                continue
-            snap = json.loads(Path(path).read_text())
-        mats.setdefault(tags["variant"], []).append((np.asarray(snap["matrix"]), snap["tasks"]))
-    if not rows and not mats:
-        return None
-    affinity = {v: (np.mean([m for m, _ in ms], axis=0), ms[0][1]) for v, ms in mats.items()}
-    return AdattDiagnostics(entropy=pd.DataFrame(rows) if rows else None, affinity=affinity)
-
-
-def write_study_report(out_dir: Path, df, sweep, meta: dict, uri: str | None, parent: str | None,
-                       diagnostics=None) -> dict:
-    from ple_adatt.report import StudyMeta, write_report
-
-    smeta = StudyMeta(name=meta["name"], baseline=meta["baseline"], alpha=meta["alpha"], correction=meta["correction"])
-    files = write_report(out_dir, df, smeta, diagnostics=diagnostics, sweep=sweep)
-    df.to_csv(Path(out_dir) / "results.csv", index=False)
-    files["results.csv"] = Path(out_dir) / "results.csv"
-    if uri and parent:
-        from ple_adatt.tracking import mlflow_tracking as mt
-
-        log = mt.RunLogger(uri, parent)
-        for f in files.values():
-            log.log_artifact(f, "report")
-        log.finish("FINISHED")
-    print(f"[ple-adatt] report: {Path(out_dir) / 'report.md'} and report.html", flush=True)
+def _publish_report(out_dir: Path, df, sweep, meta: dict, uri: str | None, parent: str | None,
+                    diagnostics=None) -> dict:
+    """The report files (report/results.py), attached to the study's parent run, which is closed."""
+    files = write_study_report(out_dir, df, sweep, meta, diagnostics)
+    close_parent_run(uri, parent, files.values(), "report")
     return files
 
 
 def find_study_run(uri: str, name: str) -> tuple[str, dict]:
     """(parent run id, study metadata) of the most recent study run named `name` in this MLflow store."""
-    from ple_adatt.tracking import mlflow_tracking as mt
-
-    client = mt._client(uri)
-    exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exps, f"tags.`{STUDY_TAG}` = '{name}' and tags.`{KIND_TAG}` = '{STUDY_KIND}'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if exps else []
-    if not runs:
+    run = queries.latest_run_with_tags(uri, {STUDY_TAG: name, KIND_TAG: STUDY_KIND})
+    if run is None:
         raise ValueError(f"no ablation study named '{name}' in MLflow at {uri} "
                          f"(pass --tracking-uri, or --config with the study YAML)")
-    tags = runs[0].data.tags
-    return runs[0].info.run_id, {**json.loads(tags[META_TAG]), "report_dir": tags.get(REPORT_DIR_TAG)}
+    tags = run.data.tags
+    return run.info.run_id, {**json.loads(tags[META_TAG]), "report_dir": tags.get(REPORT_DIR_TAG)}
 
 
 def regenerate_report(name: str, uri: str, out_dir: str | None = None) -> dict:
     """Rebuild a study's report from MLflow alone (no run is repeated)."""
     parent, meta = find_study_run(uri, name)
     df, sweep = collect_from_mlflow(uri, parent, meta)
-    return write_study_report(Path(out_dir or meta["report_dir"]), df, sweep, meta, uri, parent,
-                              adatt_diagnostics_from_mlflow(uri, parent, meta))
+    return _publish_report(Path(out_dir or meta["report_dir"]), df, sweep, meta, uri, parent,
+                           adatt_diagnostics_from_mlflow(uri, parent, meta))
 
 
 def load_study(path: str | Path, dataset_overrides: list[str] | None = None) -> StudyConfig:

@@ -18,11 +18,11 @@ from typing import Any
 from ple_adatt.config.loading import ConfigError, apply_overrides, flatten, validate
 from ple_adatt.config.paths import get_path, set_path  # noqa: F401  (re-exported for callers)
 from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.tracking.queries import TASK_TYPES_TAG
 
 ENCODED = "json:"
 """Prefix of categorical choices that are not Optuna scalars (lists, mappings): json-encoded."""
 KIND_TAG, NAME_TAG, TRIAL_TAG = "ple_adatt.kind", "ple_adatt.parent_name", "ple_adatt.trial_id"
-TASK_TYPES_TAG = "ple_adatt.task_types"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Ablation statistics and reports: tidy results table in, report.md/.html + PNGs out.
+"""Reports: ablation statistics (stats.py) and report.md/.html + PNGs (render.py) from a tidy results
+table; the table itself from MLflow or Tune results (results.py, reads via tracking/queries.py);
+tuning-campaign summaries (tune_summary.py); the end-of-run console summary (run_summary.py).
 
-Pure functions only (no Ray, no MLflow); the launch layer collects results and calls
-``write_report``. See docs/reports.md for how to read a report.
+No Ray; the launch layer runs the sweeps and calls in here. See docs/reports.md for how to read a report.
 """
 from ple_adatt.report.render import SECTIONS, AdattDiagnostics, write_report
 from ple_adatt.report.stats import (

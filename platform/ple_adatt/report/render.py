@@ -20,7 +20,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ple_adatt.report import stats as st
+import ple_adatt.report.stats as st  # the module, not the package (whose __init__ imports render)
+from ple_adatt.train.metrics import METRICS_BY_TYPE, higher_is_better
+
+_REPORTED = list(dict.fromkeys(m for names in METRICS_BY_TYPE.values() for m in names))
 
 # Fixed order and wording; optional sections are left out when their input is absent.
 SECTIONS = (
@@ -269,8 +272,9 @@ def _method_blocks(df, comp, meta, sweep_comp) -> list[Block]:
         f"secondary when n ≥ {st.WILCOXON_MIN_N}. Effect size: Cohen's d_z = mean(Δ) / sd(Δ).",
         f"Correction: {st.CORRECTIONS[meta.correction]} across all {m} (variant, task, metric) "
         f"comparisons of the study; significance level α = {meta.alpha}.",
-        "Direction: higher is better for auc, pr_auc, accuracy, macro_f1, top-k, r2; lower is "
-        "better for logloss, mae, rmse" + (f"; overrides {dict(meta.directions)}" if meta.directions else "") + ".",
+        f"Direction: higher is better for {', '.join(m for m in _REPORTED if higher_is_better(m))}; lower is "
+        f"better for {', '.join(m for m in _REPORTED if not higher_is_better(m))}"
+        + (f"; overrides {dict(meta.directions)}" if meta.directions else "") + ".",
         "Minimum detectable effect (mde): (q(1 − α/(2m)) + q(power)) · sd(Δ)/√n with q the t "
         f"quantile at n − 1 df: {meta.power:.0%} power at the strictest corrected threshold "
         "α/m; rough, since sd(Δ) is itself estimated from few seeds.",

@@ -13,7 +13,6 @@ so seed-to-seed spread (data order, init) cancels out of the difference.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping, Sequence
 
@@ -21,33 +20,24 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ple_adatt.train.metrics import METRICS_BY_TYPE, higher_is_better
+
 RESULT_COLUMNS = ("variant", "seed", "task", "task_type", "metric", "value")
-TASK_TYPES = ("binary", "multiclass", "regression", "contrastive")
+TASK_TYPES = tuple(METRICS_BY_TYPE)
 CORRECTIONS = {"holm": "Holm–Bonferroni", "bh": "Benjamini–Hochberg"}
 WILCOXON_MIN_N = 6  # below this the signed-rank test cannot reach p < 0.05 two-sided
 
-# Explicit registry; ranking metrics (top3, ndcg@5, recall@10, ...) are matched by pattern.
-_HIGHER_IS_BETTER = {"auc", "pr_auc", "accuracy", "macro_f1", "f1_macro", "r2", "mrr", "map"}
-_LOWER_IS_BETTER = {"logloss", "mae", "rmse", "mse", "brier"}
-_RANKING = re.compile(r"^(top|ndcg|recall|hit|hitrate|precision)[_@]?(\d+|k)$")
-
-
 def metric_direction(metric: str, overrides: Mapping[str, str] | None = None) -> int:
-    """+1 when higher is better, -1 when lower is better.
+    """+1 when higher is better, -1 when lower is better (registry: train/metrics.py).
 
     ``overrides`` maps metric -> "higher" | "lower" and wins over the built-in registry.
     """
     if overrides and metric in overrides:
         return {"higher": 1, "lower": -1}[overrides[metric]]
-    if metric in _HIGHER_IS_BETTER or _RANKING.match(metric):
-        return 1
-    if metric in _LOWER_IS_BETTER:
-        return -1
-    raise ValueError(
-        f"unknown metric direction for {metric!r}: expected one of "
-        f"{sorted(_HIGHER_IS_BETTER | _LOWER_IS_BETTER)} or a top-k name like 'top3'/'ndcg@5'; "
-        f"set StudyMeta.directions={{{metric!r}: 'higher'|'lower'}}"
-    )
+    try:
+        return 1 if higher_is_better(metric) else -1
+    except ValueError as e:
+        raise ValueError(f"{e}; set StudyMeta.directions={{{metric!r}: 'higher'|'lower'}}") from None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The driver opens (or re-opens, on resume) one MLflow run per training run and passes its id to
 the workers; rank 0 logs per-epoch metrics with a `RunLogger`, every other rank gets a
-`NullLogger` with the same methods, so the loop has no `if rank == 0` branches.
+`NullLogger` with the same methods, so the loop has no `if rank == 0` branches. Reads: queries.py.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-RUN_NAME_TAG = "ple_adatt.run_name"
+from ple_adatt.tracking.queries import RUN_NAME_TAG, run_by_name
+
 MAX_PARAM_LEN = 6000
 
 
@@ -53,9 +54,9 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
     """Return (run_id, resumed). A run with the same run name tag in the experiment is re-opened."""
     client = _client(uri)
     exp_id = get_or_create_experiment(uri, experiment)
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
-    if found:
-        run_id = found[0].info.run_id
+    found = run_by_name(uri, exp_id, run_name)
+    if found is not None:
+        run_id = found.info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id, True
     all_tags = {RUN_NAME_TAG: run_name, "mlflow.runName": run_name, **(tags or {})}

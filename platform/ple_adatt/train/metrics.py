@@ -2,16 +2,54 @@
 
 Input per task: logits (numpy; [N] or [N, C]), labels [N], mask [N] bool, optional oracle.
 Names: `<task>/<metric>`, `avg/<type>/<metric>`, `<task>/oracle_<metric>`, `<task>/oracle_gap_<metric>`.
+
+The one metric registry: METRICS_BY_TYPE (names per task type, display order), HIGHER_IS_BETTER
+(direction per name) and metric_mode ("max"/"min" of a full reported name); campaigns, studies,
+reports and the console summary all read it from here.
 """
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, log_loss, roc_auc_score
 
+# The one metric registry (tests/unit/test_metrics.py checks it against `evaluate_predictions`).
+METRICS_BY_TYPE = {"binary": ("auc", "pr_auc", "logloss"),
+                   "multiclass": ("accuracy", "macro_f1", "top3", "logloss"),
+                   "regression": ("mae", "rmse", "r2"),
+                   "contrastive": ("accuracy", "macro_f1", "top3", "logloss")}
+"""Per-task metrics `task_metrics` reports for each task type, in display order."""
 HIGHER_IS_BETTER = {"auc": True, "pr_auc": True, "logloss": False, "accuracy": True, "macro_f1": True,
-                    "top3": True, "mae": False, "rmse": False, "r2": True}
+                    "top3": True, "mae": False, "rmse": False, "r2": True, "loss": False,
+                    # not computed here, but accepted in study results tables built elsewhere
+                    "f1_macro": True, "mrr": True, "map": True, "mse": False, "brier": False}
+"""Metric name (last segment, without `oracle_` / `oracle_gap_`) -> whether higher is better."""
+TOP_K = re.compile(r"^(top|ndcg|recall|hit|hitrate|precision)[_@]?(\d+|k)$")
+"""Ranking metrics (top3, ndcg@5, recall@10, ...): higher is better."""
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a bare metric name (`auc`, `rmse`, `top3`); ValueError names the known ones."""
+    if metric in HIGHER_IS_BETTER:
+        return HIGHER_IS_BETTER[metric]
+    if TOP_K.match(metric):
+        return True
+    raise ValueError(f"unknown metric direction for {metric!r}: expected one of {sorted(HIGHER_IS_BETTER)} "
+                     f"or a top-k name like 'top3'/'ndcg@5'")
+
+
+def metric_mode(name: str) -> str:
+    """Tune/Optuna mode ("max" or "min") of a reported metric name: `val/avg/binary/auc`,
+    `val/<task>/rmse`, `val/loss`, `<task>/oracle_auc`. Oracle gaps (oracle - model) flip:
+    `val/<task>/oracle_gap_auc` -> "min" (a smaller gap is better)."""
+    last = name.rsplit("/", 1)[-1]
+    if last.startswith("oracle_gap_"):
+        return "min" if higher_is_better(last[len("oracle_gap_"):]) else "max"
+    if last.startswith("oracle_"):
+        last = last[len("oracle_"):]
+    return "max" if higher_is_better(last) else "min"
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

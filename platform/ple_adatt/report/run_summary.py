@@ -1,17 +1,24 @@
-"""Human-readable end-of-run summary: per-task metrics and where everything was written."""
+"""Human-readable end-of-run summary: per-task metrics and where everything was written.
+
+Lives with the other human-facing outputs (study reports, campaign summaries); pure formatting of a
+finished run's metrics, no Ray or MLflow.
+"""
 from __future__ import annotations
 
 from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.train.metrics import METRICS_BY_TYPE
 
-_SHOWN = ("auc", "pr_auc", "logloss", "accuracy", "macro_f1", "top3", "mae", "rmse", "r2", "oracle_gap_auc",
-          "oracle_gap_accuracy", "oracle_gap_rmse")
+
+def _shown(ttype: str) -> list[str]:
+    """The type's metrics in registry order, then the oracle gap of its headline (first) metric."""
+    return [*METRICS_BY_TYPE[ttype], f"oracle_gap_{METRICS_BY_TYPE[ttype][0]}"]
 
 
 def summary_lines(cfg: ExperimentConfig, metrics: dict, prefix: str = "val/") -> list[str]:
     lines = []
     for t in cfg.task_names():
         ttype = cfg.dataset.task(t).type
-        vals = [f"{m}={metrics[f'{prefix}{t}/{m}']:.4f}" for m in _SHOWN if f"{prefix}{t}/{m}" in metrics]
+        vals = [f"{m}={metrics[f'{prefix}{t}/{m}']:.4f}" for m in _shown(ttype) if f"{prefix}{t}/{m}" in metrics]
         lines.append(f"  {t:<22} {ttype:<11} " + " ".join(vals))
     avgs = sorted(k for k in metrics if k.startswith(f"{prefix}avg/"))
     if avgs:
