@@ -23,6 +23,7 @@ from typing import Any
 
 from ple_adatt.config.loading import load_config_dict
 from ple_adatt.config.loading import ConfigError, apply_overrides, config_to_yaml, flatten, read_yaml, validate
+from ple_adatt.config.paths import apply_values, resolve_dataset_overrides
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.config.sweeps import (
     CampaignConfig,
@@ -72,14 +73,8 @@ class Campaign:
         return objective_modes(self.config)
 
 
-def absolutize_dataset_refs(overrides: list[str], folder: Path) -> list[str]:
-    """`dataset=rel/path.yaml` inside a campaign/study file is relative to that file (like `base:`)."""
-    out = []
-    for o in overrides:
-        if o.startswith("dataset=") and not Path(o[8:]).is_absolute() and "://" not in o:
-            o = f"dataset={(folder / o[8:]).resolve()}"
-        out.append(o)
-    return out
+absolutize_dataset_refs = resolve_dataset_overrides
+"""`dataset=rel/path.yaml` inside a campaign/study file is relative to that file (like `base:`)."""
 
 
 def split_cli_overrides(overrides: list[str], fields: set[str]) -> tuple[list[str], list[str]]:
@@ -206,8 +201,7 @@ def check_search_space(cc: CampaignConfig, base: dict) -> list[str]:
         for value in candidate_values(p):
             data = base
             try:
-                for k, v in {**cond, path: value}.items():
-                    data = set_path(data, k, v)
+                data = apply_values(data, {**cond, path: value})
             except KeyError as e:
                 problems.append(f"search_space.{path}: {e.args[0]}")
                 break
@@ -512,10 +506,7 @@ def params_of(row) -> dict[str, Any]:
 
 def best_config_yaml(campaign: Campaign, values: dict[str, Any], run_name: str, header: list[str]) -> str:
     """A ready-to-run, self-contained experiment YAML (validated before it is returned)."""
-    data = campaign.base
-    for k, v in values.items():
-        data = set_path(data, k, v)
-    data = set_path(data, "run.name", run_name)
+    data = set_path(apply_values(campaign.base, values), "run.name", run_name)
     cfg = validate(data, ExperimentConfig, f"best config of {campaign.config.name}")
     return "\n".join(f"# {h}" for h in header) + "\n" + config_to_yaml(cfg)
 
