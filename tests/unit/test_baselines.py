@@ -4,13 +4,15 @@ import pytest
 import torch
 
 from ple_adatt.config.loading import load_config
-from ple_adatt.config.schema import ModelConfig
+from ple_adatt.config.schema import MODEL_ARCHS
 from ple_adatt.data.preprocess import fit_preprocessing, input_shapes
 from ple_adatt.train.build import ARCHS, build_model, build_scheduler, build_optimizer
 
 
 def test_arch_registry_matches_schema():
-    assert set(ARCHS) == set(typing.get_args(ModelConfig.model_fields["arch"].annotation))
+    assert set(ARCHS) == set(MODEL_ARCHS)
+    for arch, cls in MODEL_ARCHS.items():
+        assert typing.get_args(cls.model_fields["arch"].annotation) == (arch,)
 
 
 def _batch(cfg, state, b=7):
@@ -25,7 +27,8 @@ def _batch(cfg, state, b=7):
 
 @pytest.mark.parametrize("arch,levels", [("shared_bottom", 1), ("single_task", 1), ("mmoe", 1), ("ple", 1), ("ple", 2)])
 def test_every_arch_emits_logits_per_task(tiny_dataset, arch, levels):
-    cfg = load_config("configs/smoke/tiny.yaml", [f"dataset={tiny_dataset}", f"model.arch={arch}", f"model.num_levels={levels}"])
+    levels_override = [f"model.num_levels={levels}"] if arch == "ple" else []  # num_levels is a ple field
+    cfg = load_config("configs/smoke/tiny.yaml", [f"dataset={tiny_dataset}", f"model.arch={arch}", *levels_override])
     state = fit_preprocessing(cfg.dataset)
     model = build_model(cfg, input_shapes(cfg.dataset, state))
     out = model(_batch(cfg, state))

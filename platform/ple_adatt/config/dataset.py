@@ -22,25 +22,31 @@ class Section(BaseModel):
 
 class NumericGroup(Section):
     kind: Literal["numeric"]
+    """Selects a numeric group."""
     columns: list[str] = Field(min_length=1)
     """Scalar numeric columns packed into feat/<group> [B, n], standardised with train stats."""
     standardize: bool = True
+    """Standardise each column with the train split's mean and std."""
     log1p: bool = False
     """Apply sign(x) * log1p(|x|) before standardising (heavy-tailed money columns)."""
     experts: list[ExpertName] = ["mlp"]
+    """Experts this group is routed to (ple_hetero; the MLP baselines read every group)."""
 
 
 class CategoricalGroup(Section):
     kind: Literal["categorical"]
+    """Selects a categorical group."""
     columns: list[str] = Field(min_length=1)
     """Scalar string/int columns mapped to cat/<group> [B, n] int64; 0 = unseen or null."""
     max_vocab: int = Field(10_000, ge=2)
     """Most frequent values kept per column (train split); the rest map to 0."""
     experts: list[ExpertName] = ["mlp"]
+    """Experts this group is routed to (ple_hetero; the MLP baselines read every group)."""
 
 
 class ListGroup(Section):
     kind: Literal["list"]
+    """Selects a list (vector or sequence) group."""
     column: str
     """One fixed-size-list float column, reshaped to `shape` per row."""
     shape: list[int] = Field(min_length=1, max_length=2)
@@ -48,6 +54,7 @@ class ListGroup(Section):
     standardize: bool = True
     """Per-feature (last axis) mean/std from the train split."""
     experts: list[ExpertName] = ["mlp"]
+    """Experts this group is routed to (ple_hetero; the MLP baselines read every group)."""
 
     @model_validator(mode="after")
     def _positive_shape(self):
@@ -61,7 +68,9 @@ FeatureGroup = Annotated[NumericGroup | CategoricalGroup | ListGroup, Field(disc
 
 class DatasetTask(Section):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    """Task name used everywhere else (tasks:, metrics, edges, priors)."""
     type: TaskType
+    """binary | multiclass | regression | contrastive: picks loss, head and metrics."""
     label: str
     """Label column; null rows are masked out of the loss and the metrics."""
     num_classes: int | None = Field(None, ge=2)
@@ -69,6 +78,7 @@ class DatasetTask(Section):
     group: str = "default"
     """Task group (group encoder basket, adaTT prior)."""
     hmm_mode: str | None = None
+    """HMM mode (a key of `hmm`) whose projection this task reads (ple_hetero)."""
     oracle: str | None = None
     """Optional column with the true P(y=1) / class probabilities / E[y] (never a model input)."""
 
@@ -84,21 +94,28 @@ class DatasetTask(Section):
 
 class Splits(Section):
     train: str | list[str]
+    """Training split: a parquet file, directory or glob (or a list of them)."""
     val: str | list[str]
+    """Validation split (early stopping, checkpoint ranking, tuning objective)."""
     test: str | list[str] | None = None
+    """Optional held-out split, read only by evaluation."""
 
 
 class DatasetSpec(Section):
     name: str
+    """Dataset name (logged with every run)."""
     splits: Splits
     """Parquet file, directory or glob per split; relative paths resolve against the YAML's folder."""
     id_column: str | None = None
+    """Optional row id column, carried through to predictions (never a model input)."""
     groups: dict[str, FeatureGroup] = Field(min_length=1)
+    """Feature groups by name: how columns are packed into model inputs."""
     cluster_probs: str | None = None
     """Optional fixed-size-list column [K]: soft cluster posterior (GMM)."""
     hmm: dict[str, str] = {}
     """Optional HMM mode -> fixed-size-list column [16]; a null row means 'missing'."""
     tasks: list[DatasetTask] = Field(min_length=1)
+    """The tasks (labels) the dataset provides."""
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -15,36 +15,31 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ple_adatt.config.dataset import DatasetSpec
-from ple_adatt.config.schema import ExperimentConfig
+# ConfigError, read_yaml, apply_overrides and load_dataset_dict are re-exported for callers.
+from ple_adatt.config.paths import (  # noqa: F401
+    SWITCHES,
+    ConfigError,
+    apply_overrides,
+    dataset_value,
+    get_path,
+    is_uri,
+    load_dataset_dict,
+    read_yaml,
+    resolve_path,
+    switch_section,
+)
+from ple_adatt.config.schema import MODEL_ARCHS, WEIGHTINGS, ExperimentConfig
 
 MAX_BASE_DEPTH = 8
 
 
-class ConfigError(ValueError):
-    """All problems of one config, one per line, each starting with its key path."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.problems = problems
-        super().__init__(f"invalid config {source}:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), [f"file not found: {path}"])
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), [f"not valid YAML: {e}"]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), [f"top level must be a mapping, got {type(data).__name__}"])
-    return data
-
-
 def deep_merge(base: dict, over: dict) -> dict:
-    """Mappings merge key by key; any other value (lists included) replaces the base value."""
+    """Mappings merge key by key; any other value (lists included) replaces the base value.
+    A child that switches `model.arch` first drops the base's fields the new arch lacks (paths.switch_section)."""
+    for tag_path in SWITCHES:
+        new = get_path(over, tag_path, None)
+        if new is not None:
+            base = switch_section(base, tag_path, new)
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -62,107 +57,72 @@ def load_config_dict(path: str | Path) -> dict[str, Any]:
 def _load_with_bases(path: Path, depth: int = 0) -> dict[str, Any]:
     data = read_yaml(path)
     base = data.pop("base", None)
+    if isinstance(data.get("dataset"), str):  # relative to the file that says it
+        data["dataset"] = dataset_value(data["dataset"], path.parent)
     if base is None:
-        return _resolve_dataset_ref(data, path.parent)
+        return data
     if depth >= MAX_BASE_DEPTH:
         raise ConfigError(str(path), [f"base: chain deeper than {MAX_BASE_DEPTH} (a cycle?)"])
-    base_path = (path.parent / base).resolve()
+    base_path = Path(resolve_path(base, path.parent))
     if not base_path.is_file():
         raise ConfigError(str(path), [f"base: file not found: {base} (resolved to {base_path})"])
-    return deep_merge(_load_with_bases(base_path, depth + 1), _resolve_dataset_ref(data, path.parent))
-
-
-def _resolve_dataset_ref(data: dict, folder: Path) -> dict:
-    """`dataset: some/dataset.yaml` (relative to the file that says it) is inlined, paths made absolute.
-
-    A reference to a file that does not exist yet (generated data) stays an absolute path string:
-    an override `dataset=...` may replace it; `validate` reports it if it is still missing.
-    """
-    ref = data.get("dataset")
-    if isinstance(ref, str):
-        data = dict(data)
-        data["dataset"] = _dataset_value(folder / ref)
-    return data
-
-
-def _dataset_value(path: Path) -> dict | str:
-    path = Path(path).resolve()
-    return load_dataset_dict(path) if path.is_file() else str(path)
-
-
-def load_dataset_dict(path: str | Path) -> dict[str, Any]:
-    """A dataset YAML as a dict whose split paths are absolute (resolved against the YAML's folder)."""
-    path = Path(path).resolve()
-    data = read_yaml(path)
-    splits = data.get("splits")
-    if isinstance(splits, dict):
-        data["splits"] = {k: _absolute(v, path.parent) for k, v in splits.items()}
-    return data
-
-
-def _absolute(value: Any, folder: Path) -> Any:
-    if isinstance(value, str):
-        return value if "://" in value or Path(value).is_absolute() else str(folder / value)
-    if isinstance(value, list):
-        return [_absolute(v, folder) for v in value]
-    return value
-
-
-def apply_overrides(data: dict, overrides: list[str], problems: list[str]) -> dict:
-    """`a.b.c=value` sets a nested key; the value is parsed as YAML (numbers, bools, lists)."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        if item.startswith("-") or "=" not in item:
-            problems.append(f"override '{item}': expected key.path=value (no --flags)")
-            continue
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        value = _numeric_string(value)
-        if key == "dataset" and isinstance(value, str):
-            value = _dataset_value(Path(value))
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p, {}), dict):
-                problems.append(f"{key}: cannot set inside '{p}', which is not a mapping")
-                break
-            node = node.setdefault(p, {})
-        else:
-            node[parts[-1]] = value
-    return data
-
-
-def _numeric_string(value: Any) -> Any:
-    """PyYAML reads `3e-4` as a string (YAML 1.1); treat it as the float a user meant."""
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in "eE.") else value
-        except ValueError:
-            return value
-    return value
+    return deep_merge(_load_with_bases(base_path, depth + 1), data)
 
 
 def format_validation_error(err: ValidationError) -> list[str]:
+    """One line per error: the dotted key path (union tags left out), then what was expected.
+    An unknown key directly in a tagged section names the variant and its keys:
+    `model.gate: unknown key for model.arch=mmoe (valid keys: ...)`."""
     out = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        parts, tagged = _strip_union_tags(e["loc"])
+        loc = ".".join(parts)
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and tagged and len(parts) == tagged[0] + 1:
+            _, section, field, tag = tagged
+            msg = (f"unknown key for {section}.{field}={tag} "
+                   f"(valid keys: {', '.join(_UNION_SECTIONS[section][1][tag].model_fields)})")
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key (not in the schema)"
         elif e["type"] == "literal_error":
             msg = f"{msg}, got {e.get('input')!r}"
+        elif e["type"] == "union_tag_invalid" and parts and parts[-1] in _UNION_SECTIONS:
+            field, classes = _UNION_SECTIONS[parts[-1]]
+            loc, msg = f"{loc}.{field}", f"{e['ctx']['tag']!r} is not one of {list(classes)}"
+        elif e["type"] == "union_tag_not_found" and parts and parts[-1] in _UNION_SECTIONS:
+            field, classes = _UNION_SECTIONS[parts[-1]]
+            got = e["input"].get(field) if isinstance(e.get("input"), dict) else e.get("input")
+            msg = f"expected a mapping whose {field} is one of {list(classes)}, got {got!r}"
         out.append(f"{loc or '<root>'}: {msg}")
     return out
 
 
-_UNION_TAGS = {"numeric", "categorical", "list", "fixed", "uncertainty", "gradnorm", "dwa"}
+# Top-level tagged unions: section -> (tag field, tag -> class); feature groups are tagged by `kind`.
+_UNION_SECTIONS = {"model": ("arch", MODEL_ARCHS), "loss_weighting": ("name", WEIGHTINGS)}
+_GROUP_KINDS = {"numeric", "categorical", "list"}
+
+
+def _strip_union_tags(loc: tuple) -> tuple[list[str], tuple[int, str, str, str] | None]:
+    """pydantic puts the chosen variant into the location (`model.mmoe.gate`): drop it, and return
+    (position of the section, section, tag field, tag) for the message."""
+    parts: list[str] = []
+    tagged = None
+    for i, p in enumerate(map(str, loc)):
+        parent = str(loc[i - 1]) if i >= 1 else None
+        if i == 1 and parent in _UNION_SECTIONS and p in _UNION_SECTIONS[parent][1]:
+            tagged = (len(parts), parent, _UNION_SECTIONS[parent][0], p)
+            continue
+        if i >= 2 and str(loc[i - 2]) == "groups" and p in _GROUP_KINDS:
+            continue
+        parts.append(p)
+    return parts, tagged
 
 
 def validate(data: dict, model: type[BaseModel] = ExperimentConfig, source: str = "<config>"):
     ds = data.get("dataset") if model is ExperimentConfig else None
+    if isinstance(ds, str) and is_uri(ds):
+        raise ConfigError(source, [f"dataset: {ds} is a URI; the dataset spec must be a local YAML file "
+                                   f"(its splits may point at URIs)"])
     if isinstance(ds, str):  # a dataset reference whose file was never found
         raise ConfigError(source, [f"dataset: file not found: {ds} (generate or prepare the data first: "
                                    f"see the header of the config; or override dataset=<path to dataset.yaml>)"])

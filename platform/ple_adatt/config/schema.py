@@ -6,9 +6,9 @@ Values that follow from others are computed (methods), not configured.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from ple_adatt.config.dataset import DatasetSpec, ExpertName, Section
 
@@ -32,7 +32,9 @@ class TaskTrainConfig(Section):
     focal_alpha: float = Field(0.25, gt=0.0, lt=1.0)
     """Focal alpha: weight of the positive class (binary) or of every class (multiclass)."""
     focal_gamma: float = Field(2.0, ge=0.0)
+    """Focal gamma: down-weights easy examples by (1 - p_t)^gamma; 0 = plain cross-entropy."""
     huber_delta: float = Field(1.0, gt=0.0)
+    """Huber loss: quadratic below delta, linear above (regression tasks)."""
 
 
 class ExpertsSection(Section):
@@ -45,10 +47,13 @@ class ExpertsSection(Section):
     required: list[ExpertName] = []
     """Experts that must receive input; a clear error if no group routes to one of them."""
     out_dim: int = Field(64, ge=4)
+    """Output width of every shared expert except H-GCN."""
     hgcn_out_dim: int = Field(128, ge=4)
+    """Output width of the H-GCN expert (128-D in the seed, spec §3.3)."""
     lr: dict[ExpertName, float] = {}
     """Optional per-expert learning rates (parameter groups); others use train.lr."""
     weight_decay: dict[ExpertName, float] = {}
+    """Optional per-expert weight decay (parameter groups); others use train.weight_decay."""
 
 
 class GateSection(Section):
@@ -57,11 +62,13 @@ class GateSection(Section):
     kind: Literal["attention", "layer", "both"] = "attention"
     """attention = G1 CGCAttention (recommended); layer = paper-exact stacked CGCLayers; both."""
     activation: Literal["softmax", "sigmoid"] = "softmax"
+    """How gate logits become weights summing to 1: softmax, or sigmoids renormalised."""
     dim_normalize: bool = True
     """Scale each block by sqrt(mean_dim / d_i) so a 128D expert does not dominate."""
     domain_prior: dict[str, list[ExpertName]] = {}
     """task -> preferred experts; their gate logits start at +1, the rest at -1."""
     entropy_lambda: float = Field(0.01, ge=0.0)
+    """Weight of the gate-entropy bonus (loss -lambda * H(gate)), which keeps gates from collapsing early."""
     levels: int = Field(1, ge=1)
     """CGCLayer levels (kind: layer/both)."""
 
@@ -70,11 +77,15 @@ class BasketSection(Section):
     """ple_hetero only: group task-expert basket with soft cluster routing (spec §5.1)."""
 
     enabled: bool = True
+    """Off = towers read the gated task representation directly."""
     per_cluster_legacy: bool = False
     """The seed's per-(task x cluster) MLPs, for the parameter-count comparison."""
     hidden: list[int] = [128, 64]
+    """Hidden layer widths of each group's basket MLP."""
     out_dim: int = Field(32, ge=1)
+    """Width of the basket output each task tower reads."""
     cluster_dim: int = Field(32, ge=1)
+    """Width of the soft cluster embedding (needs the dataset's cluster_probs column)."""
     skip: bool = False
     """Towers also read the task's own gated representation (and HMM projection) next to the basket
     output. Off = the seed's layout, where a group's tasks share one 32-D summary that differs
@@ -83,42 +94,121 @@ class BasketSection(Section):
 
 class TransferEdge(Section):
     source: str
+    """Task whose logits are transferred (a dataset task)."""
     target: str
+    """Task that receives them (a dataset task)."""
     strength: float = Field(0.5, ge=0.0)
+    """Scale of the transferred logit term (0.5 in the seed)."""
 
 
 class LogitTransferSection(Section):
     """ple_hetero only: residual logit transfer along a task DAG (spec §5.2)."""
 
     enabled: bool = False
+    """Off = the edges are kept in the config but no transfer module is built."""
     edges: list[TransferEdge] = []
+    """The task DAG; edges touching an inactive task are skipped."""
     detach_source: bool = False
+    """Stop gradients into the source tower, so a target cannot pull on its source (spec §11.13)."""
 
 
-class ModelConfig(Section):
-    arch: Literal["shared_bottom", "mmoe", "ple", "single_task", "ple_hetero"] = "ple"
+class _ModelBase(Section):
+    """Fields every architecture has; each arch below adds only the fields its builder reads."""
+
+    arch: Literal["shared_bottom", "mmoe", "ple", "single_task", "ple_hetero"]
     """shared_bottom | mmoe | ple (CGC levels with MLP experts) | single_task (one net per task) |
-    ple_hetero (the seed's PLE: heterogeneous experts, CGC gate, HMM, basket, logit transfer)."""
+    ple_hetero (the seed's PLE: heterogeneous experts, CGC gate, HMM, basket, logit transfer).
+    Switching it in an override drops the base's fields the new arch does not have (with a note)."""
+    tower_hidden: list[int] = [64, 32]
+    """Hidden layer widths of each task tower (MLP before the task's output layer)."""
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Dropout rate in experts, towers (and the ple_hetero basket)."""
+
+
+class _MLPModel(_ModelBase):
+    """The baselines built from an input encoder and MLP experts (train/build.build_model)."""
+
     embedding_dim: int = Field(8, ge=1)
     """Width of each categorical embedding."""
     expert_hidden: list[int] = [128, 64]
     """MLP expert (and shared bottom) layer widths; the last is the expert output width D."""
-    num_shared_experts: int = Field(2, ge=1)
-    num_task_experts: int = Field(1, ge=0)
-    """PLE only: task-specific experts per task."""
+
+
+class SharedBottomModel(_MLPModel):
+    """One shared MLP under all task towers."""
+
+    arch: Literal["shared_bottom"] = "shared_bottom"
+    """Selects this architecture."""
+
+
+class SingleTaskModel(_MLPModel):
+    """One independent MLP per task (no shared parameters: no GradNorm, no adaTT)."""
+
+    arch: Literal["single_task"] = "single_task"
+    """Selects this architecture."""
+
+
+class MMoEModel(_MLPModel):
+    """Multi-gate mixture of experts: shared MLP experts, one softmax gate per task."""
+
+    arch: Literal["mmoe"] = "mmoe"
+    """Selects this architecture."""
     num_experts: int = Field(4, ge=1)
-    """MMoE only."""
+    """Shared MLP experts, mixed by every task's gate."""
+
+
+class PLEModel(_MLPModel):
+    """PLE with MLP experts: stacked CGC levels of shared and task-specific experts."""
+
+    arch: Literal["ple"] = "ple"
+    """Selects this architecture (the default)."""
+    num_shared_experts: int = Field(2, ge=1)
+    """Shared experts per CGC level, seen by every task's gate."""
+    num_task_experts: int = Field(1, ge=0)
+    """Task-specific experts per task and level."""
     num_levels: int = Field(1, ge=1)
-    """PLE only: stacked CGC levels (1 = CGC)."""
-    tower_hidden: list[int] = [64, 32]
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Stacked CGC levels (1 = CGC)."""
+
+
+class HeteroPLEModel(_ModelBase):
+    """The seed's PLE: heterogeneous shared experts, CGC gate, HMM routing, basket, logit transfer."""
+
+    arch: Literal["ple_hetero"] = "ple_hetero"
+    """Selects this architecture."""
     experts: ExpertsSection = ExpertsSection()
+    """Which heterogeneous shared experts to build, and their widths and learning rates."""
     gate: GateSection = GateSection()
+    """The CGC gate over the shared expert blocks."""
     basket: BasketSection = BasketSection()
+    """The group task-expert basket between gate and towers."""
     logit_transfer: LogitTransferSection = LogitTransferSection()
+    """Residual logit transfer along a task DAG."""
     contrastive_dim: int = Field(64, ge=2)
+    """Embedding width of contrastive-task towers."""
     contrastive_tau: float = Field(0.07, gt=0.0)
-    """Contrastive towers: embedding width and InfoNCE temperature (ple_hetero)."""
+    """InfoNCE temperature of contrastive-task towers."""
+
+
+# The model section: one class per arch (a registry dict literal, checked against train/build.ARCHS).
+MODEL_ARCHS: dict[str, type[_ModelBase]] = {
+    "shared_bottom": SharedBottomModel,
+    "single_task": SingleTaskModel,
+    "mmoe": MMoEModel,
+    "ple": PLEModel,
+    "ple_hetero": HeteroPLEModel,
+}
+
+
+def _arch_of(value) -> str | None:
+    """The union's tag; a model section without `arch` is the default arch, ple."""
+    if isinstance(value, dict):
+        return value.get("arch", "ple")
+    return getattr(value, "arch", None)
+
+
+ModelConfig = Annotated[Union[tuple(Annotated[cls, Tag(arch)] for arch, cls in MODEL_ARCHS.items())],
+                        Discriminator(_arch_of)]
+"""The `model:` section, a discriminated union on `arch`: each arch accepts only its own fields."""
 
 
 class AdattSection(Section):
@@ -126,20 +216,36 @@ class AdattSection(Section):
     as in the seed's final production config."""
 
     enabled: bool = False
+    """Turn adaTT on (phase 1 only; two-phase training switches it off in phase 2)."""
     transfer_lambda: float = Field(0.1, ge=0.0)
+    """lambda: scale of the transfer term T_i = lambda * sum_j w_ij L_j added to each task's loss
+    (spec §7.3)."""
     temperature: float = Field(1.0, gt=0.0)
+    """T: softmax temperature of the transfer weights w_i = softmax_j(R_ij / T); below 0.5 they get
+    sharp, above 2 nearly uniform (spec §7.2)."""
     ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
+    """beta: EMA decay of the gradient-cosine affinity A = beta A + (1 - beta) C (0.9 = a window of
+    about 10 measurements, spec §7.1)."""
     neg_threshold: float = Field(-0.1, ge=-1.0, le=1.0)
+    """tau_neg: pairs with affinity A_ij <= tau_neg get no transfer (negative-transfer blocking, spec §7.2)."""
     max_transfer_ratio: float = Field(0.5, ge=0.0)
+    """rho: clamp T_i <= rho * stopgrad(L_i), so the transfer never outweighs a task's own loss (spec §7.3)."""
     grad_interval: int = Field(10, ge=1)
+    """Measure the task-gradient affinity every this many steps (each measurement costs one extra
+    backward per task; raise it to save time)."""
     prior_blend_start: float = Field(0.5, ge=0.0, le=1.0)
+    """r at the start of phase 2: R = (W + A)(1 - r) + P r blends in the group prior P (spec §7.4)."""
     prior_blend_end: float = Field(0.1, ge=0.0, le=1.0)
+    """r at the freeze boundary; r anneals linearly from prior_blend_start to this value."""
     inter_strength: float = Field(0.3, ge=0.0)
+    """Group-prior strength between tasks of different groups (before row normalisation, spec §7.4)."""
     intra_strength: dict[str, float] = {}
     """task group -> intra-group prior strength (0.5 if missing)."""
     warmup_fraction: float = Field(0.3, ge=0.0, lt=1.0)
+    """End of the warmup phase (affinity measured, no transfer) as a fraction of the phase-1 epochs."""
     freeze_fraction: float = Field(0.8, gt=0.0, le=1.0)
-    """Phase boundaries as fractions of the phase-1 epochs, so short runs keep all three phases."""
+    """Start of the frozen phase (transfer weights fixed, affinity no longer measured) as a fraction
+    of the phase-1 epochs. Boundaries are fractions so short runs keep all three phases."""
     affinity_on: Literal["parameters", "expert_heads", "representation"] = "expert_heads"
     """Task gradients w.r.t. every shared-expert parameter (spec §7.1; one backward through all
     experts per task), each expert's output head (GradNorm's last shared layer; the default: +8 %
@@ -157,7 +263,9 @@ class TwoPhaseSection(Section):
     with a fresh optimizer and schedule."""
 
     enabled: bool = False
+    """Run phase 2 after train.epochs phase-1 epochs (needs model.arch=ple_hetero)."""
     phase2_epochs: int = Field(2, ge=1)
+    """Epochs of the phase-2 fine-tune."""
     phase2_lr: float | None = Field(None, gt=0.0)
     """None = train.lr."""
 
@@ -165,21 +273,25 @@ class FixedWeighting(Section):
     """Fixed task weights only (tasks.<name>.weight)."""
 
     name: Literal["fixed"] = "fixed"
+    """Selects fixed weights (the default)."""
 
 
 class UncertaintyWeighting(Section):
     """Kendall et al. (CVPR 2018): sum_k w_k (exp(-s_k) L_k + s_k), learnable s_k clamped to [-4, 4]."""
 
     name: Literal["uncertainty"]
+    """Selects uncertainty weighting."""
 
 
 class GradNormWeighting(Section):
     """Chen et al. (ICML 2018): task weights steered so gradient norms on shared params balance."""
 
     name: Literal["gradnorm"]
+    """Selects GradNorm."""
     alpha: float = Field(1.5, ge=0.0)
     """Restoring-force asymmetry; 0 = equal gradient norms."""
     lr: float = Field(0.025, gt=0.0)
+    """Learning rate of the task weights (their own optimizer)."""
     interval: int = Field(1, ge=1)
     """Update the weights every `interval` steps (each update costs one backward per task)."""
 
@@ -188,9 +300,13 @@ class DWAWeighting(Section):
     """Liu et al. (CVPR 2019): weights from epoch-level loss ratios, K softmax(r / temperature)."""
 
     name: Literal["dwa"]
+    """Selects dynamic weight average."""
     temperature: float = Field(2.0, gt=0.0)
+    """Softmax temperature over loss ratios; larger = more uniform weights."""
 
 
+WEIGHTINGS: dict[str, type[Section]] = {"fixed": FixedWeighting, "uncertainty": UncertaintyWeighting,
+                                          "gradnorm": GradNormWeighting, "dwa": DWAWeighting}
 LossWeighting = Annotated[FixedWeighting | UncertaintyWeighting | GradNormWeighting | DWAWeighting,
                           Field(discriminator="name")]
 
@@ -199,6 +315,7 @@ class FaultInjection(Section):
     epochs: list[int] = Field(min_length=1)
     """Epochs (0-based) at whose start the rank raises, once each."""
     rank: int = Field(0, ge=0)
+    """Worker rank that raises."""
     marker: str
     """Path prefix of the files recording that a failure fired (<marker>.e<epoch>); an existing
     file stops that failure from firing again."""
@@ -206,16 +323,23 @@ class FaultInjection(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(5, ge=1)
+    """Phase-1 epochs (two_phase adds phase2_epochs)."""
     batch_size: int = Field(512, ge=1)
     """Per-worker batch size; the global batch is batch_size x scaling.num_workers."""
     lr: float = Field(1e-3, gt=0.0)
+    """Peak learning rate of AdamW (reached after warmup)."""
     weight_decay: float = Field(0.01, ge=0.0)
+    """AdamW weight decay (not applied to loss-weighting and adaTT parameters)."""
     optimizer: Literal["adamw"] = "adamw"
+    """Only AdamW for now (spec §8.2)."""
     schedule: Literal["cosine", "constant"] = "cosine"
     """Linear warmup then a single cosine decay per step (no restarts: spec §11.10)."""
     warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    """Fraction of the steps spent in linear learning-rate warmup."""
     grad_clip: float | None = Field(5.0, gt=0.0)
+    """Clip the global gradient norm to this value; None = no clipping."""
     seed: int = 0
+    """Seeds model init, data shuffling and dropout (a resumed run draws the same numbers)."""
     amp: Literal["auto", "off", "bf16"] = "auto"
     """auto = bf16 autocast on GPU, off on CPU."""
     shuffle_buffer: int = Field(4096, ge=0)
@@ -228,15 +352,20 @@ class TrainConfig(Section):
     max_nonfinite_in_row: int = Field(20, ge=1)
     """Abort after this many consecutive batches with a non-finite loss (each is skipped)."""
     checkpoint_metric: str = "val/loss"
+    """Metric that ranks checkpoints (which of them run.checkpoints_to_keep keeps)."""
     checkpoint_mode: Literal["min", "max"] = "min"
+    """Whether a lower (min) or higher (max) checkpoint_metric is better."""
     fault_injection: FaultInjection | None = None
     """Testing aid: make one rank raise once at an epoch (a marker file records it happened)."""
 
 
 class ScalingSection(Section):
     num_workers: int = Field(1, ge=1)
+    """Data-parallel training workers (Ray Train, DDP)."""
     use_gpu: bool = False
+    """Give each worker a GPU (and autocast with bf16 when train.amp is auto)."""
     cpus_per_worker: float = Field(1.0, gt=0.0)
+    """CPUs reserved per worker."""
     gpus_per_worker: float = Field(1.0, gt=0.0)
     """Only used when use_gpu is true."""
 
@@ -247,12 +376,16 @@ class RunSection(Section):
     storage_path: str = "runs"
     """Checkpoints and the local MLflow store; relative paths resolve against the current directory."""
     max_failures: int = Field(2, ge=0)
+    """Worker-group failures Ray Train recovers from by restoring the latest checkpoint."""
     controller_failure_limit: int = Field(3, ge=0)
+    """Failures of the Train controller itself before the run is abandoned."""
     checkpoints_to_keep: int = Field(2, ge=1)
+    """Checkpoints kept on disk, the best by train.checkpoint_metric."""
 
 
 class TrackingSection(Section):
     enabled: bool = True
+    """Log params, metrics and artifacts to MLflow."""
     uri: str | None = None
     """MLflow tracking URI; None = sqlite under run.storage_path (absolute). Use a server on clusters."""
     experiment: str | None = None
@@ -261,19 +394,29 @@ class TrackingSection(Section):
 
 class ExperimentConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Experiment name: default run name and MLflow experiment."""
     dataset: DatasetSpec
+    """The dataset spec, usually `dataset: path/to/dataset.yaml` (inlined when loaded)."""
     tasks: dict[str, TaskTrainConfig] = {}
     """Per-task overrides keyed by dataset task name; tasks not listed use the defaults."""
     active_tasks: list[str] | None = None
     """Train only these dataset tasks (default: all)."""
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = PLEModel()
+    """Architecture and its settings; `arch` selects which fields apply."""
     loss_weighting: LossWeighting = FixedWeighting()
+    """How task losses are combined; `name` selects the strategy."""
     adatt: AdattSection = AdattSection()
+    """adaTT loss-level transfer between tasks."""
     two_phase: TwoPhaseSection = TwoPhaseSection()
+    """Optional phase-2 fine-tune of the task side."""
     train: TrainConfig = TrainConfig()
+    """Optimisation, schedule, data loading and checkpoint settings."""
     scaling: ScalingSection = ScalingSection()
+    """Ray Train workers and their resources."""
     run: RunSection = RunSection()
+    """Run name, storage and fault tolerance."""
     tracking: TrackingSection = TrackingSection()
+    """MLflow tracking."""
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -301,13 +444,14 @@ class ExperimentConfig(Section):
         if self.two_phase.enabled and self.model.arch != "ple_hetero":
             errors.append(f"two_phase.enabled: needs model.arch=ple_hetero (got {self.model.arch})")
         # Edges and priors may name tasks outside active_tasks (they are then skipped), not unknown ones.
-        for i, e in enumerate(self.model.logit_transfer.edges):
-            for end in ("source", "target"):
-                if getattr(e, end) not in known:
-                    errors.append(f"model.logit_transfer.edges.{i}.{end}: '{getattr(e, end)}' is not a dataset task")
-        for t in self.model.gate.domain_prior:
-            if t not in known:
-                errors.append(f"model.gate.domain_prior.{t}: not a dataset task")
+        if isinstance(self.model, HeteroPLEModel):
+            for i, e in enumerate(self.model.logit_transfer.edges):
+                for end in ("source", "target"):
+                    if getattr(e, end) not in known:
+                        errors.append(f"model.logit_transfer.edges.{i}.{end}: '{getattr(e, end)}' is not a dataset task")
+            for t in self.model.gate.domain_prior:
+                if t not in known:
+                    errors.append(f"model.gate.domain_prior.{t}: not a dataset task")
         groups = {x.group for x in self.dataset.tasks}
         for g in self.adatt.intra_strength:
             if g not in groups:

@@ -27,6 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ple_adatt.config.dataset import Section
 from ple_adatt.config.loading import ConfigError, read_yaml, validate
+from ple_adatt.config.paths import resolve_path
 
 Scalar = Union[bool, int, float, str, None]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -40,10 +41,15 @@ class _Param(Section):
 
 class FloatParam(_Param):
     type: Literal["float"]
+    """Selects a float parameter."""
     low: float
+    """Lower bound (inclusive)."""
     high: float
+    """Upper bound (inclusive)."""
     log: bool = False
+    """Sample on a log scale (needs low > 0)."""
     step: float | None = Field(None, gt=0)
+    """Discretise to multiples of step from low (not with log)."""
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -58,10 +64,15 @@ class FloatParam(_Param):
 
 class IntParam(_Param):
     type: Literal["int"]
+    """Selects an int parameter."""
     low: int
+    """Lower bound (inclusive)."""
     high: int
+    """Upper bound (inclusive)."""
     log: bool = False
+    """Sample on a log scale (needs low > 0)."""
     step: int = Field(1, ge=1)
+    """Sample multiples of step from low."""
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -74,6 +85,7 @@ class IntParam(_Param):
 
 class CategoricalParam(_Param):
     type: Literal["categorical"]
+    """Selects a categorical parameter."""
     choices: list[Any] = Field(min_length=1)
     """Any YAML values (lists and mappings too: they are encoded for Optuna and decoded per trial)."""
 
@@ -83,6 +95,7 @@ Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discrimin
 
 class Budget(Section):
     num_trials: int = Field(ge=1)
+    """Trials to run in total."""
     max_concurrent: int | None = Field(None, ge=1)
     """Upper bound on parallel trials; the effective value is also capped by what the cluster can
     hold (CPUs or GPUs / per-trial need). None = derived from the cluster only."""
@@ -118,16 +131,20 @@ class Objective(Section):
 
 class AshaScheduler(Section):
     name: Literal["asha"] = "asha"
+    """Selects ASHA (asynchronous successive halving)."""
     grace_period: int = Field(1, ge=1)
     """Epochs every trial gets before it can be stopped."""
     reduction_factor: float = Field(2.0, gt=1.0)
+    """At each rung only the best 1/reduction_factor of trials continue."""
     max_t: int | None = Field(None, ge=1)
     """Default: the base experiment's train.epochs."""
 
 
 class Sampler(Section):
     name: Literal["tpe", "random"] = "tpe"
+    """tpe (Optuna's TPE, multi-objective aware) or random."""
     seed: int = 0
+    """Sampler seed (same seed and results = same suggestions)."""
     evaluate_base: bool = True
     """Enqueue the base experiment's own values as the first trial (default vs best in the summary)."""
 
@@ -139,11 +156,17 @@ class CampaignConfig(Section):
     base: str
     """Base experiment YAML, relative to the campaign file."""
     overrides: list[str] = []
+    """Experiment overrides (`key.path=value`) applied to the base before the search space."""
     search_space: dict[str, Param] = Field(min_length=1)
+    """Dotted experiment path -> parameter; sampled in this order (a `when:` names earlier ones)."""
     budget: Budget
+    """How many trials, how many at once."""
     objective: Objective
+    """Metric(s) to optimise and their direction."""
     scheduler: AshaScheduler | None = None
+    """Early stopping of weak trials (single objective only); None = every trial runs to the end."""
     sampler: Sampler = Sampler()
+    """How trial values are suggested."""
     max_failures: int = Field(1, ge=0)
     """Trial-level retries (ray.tune.FailureConfig); Train-level retries come from run.max_failures."""
 
@@ -172,7 +195,9 @@ class SweepSection(Section):
     generated with that correlation); every (variant, level, seed) is run."""
 
     name: str = "correlation"
+    """Name of the swept quantity (an MLflow tag and the report's axis label)."""
     levels: dict[float, list[str]] = Field(min_length=2)
+    """Level value -> overrides applied at that level (at least two levels)."""
     reference: float | None = None
     """Level whose runs feed the main (non-sweep) report sections; default: the first level."""
 
@@ -194,18 +219,27 @@ class StudyConfig(Section):
     name: str = Field(pattern=NAME_PATTERN)
     """Study name: the Tune experiment folder, the MLflow parent run, the report folder."""
     base: str
+    """Base experiment YAML, relative to the study file."""
     overrides: list[str] = []
+    """Experiment overrides applied to the base before each variant's own."""
     variants: dict[str, list[str]] = Field(min_length=2)
     """variant name -> dotted overrides applied on top of the base (an empty list = the base)."""
     baseline: str
+    """The variant every other variant is compared with."""
     seeds: list[int] = [0, 1, 2, 3, 4]
+    """Training seeds run for every variant (paired by seed in the statistics; at least 2)."""
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    """Significance level of the paired tests (family-wise or FDR, see correction)."""
     correction: Literal["holm", "bh"] = "holm"
+    """Multiple-testing correction: holm (family-wise error) or bh (false discovery rate)."""
     metrics: dict[Literal["binary", "multiclass", "regression", "contrastive"], list[str]] = DEFAULT_REPORT_METRICS
     """Per-task metrics compared in the report, per task type (fewer = less multiple-testing cost)."""
     sweep: SweepSection | None = None
+    """Optional sweep: every variant is also run at each level."""
     max_concurrent: int | None = Field(None, ge=1)
+    """Upper bound on parallel runs; None = as many as the cluster holds."""
     max_failures: int = Field(1, ge=0)
+    """Run-level retries (ray.tune.FailureConfig); Train-level retries come from run.max_failures."""
 
     @field_validator("seeds")
     @classmethod
@@ -231,8 +265,7 @@ class StudyConfig(Section):
 
 def base_path(config_path: str | Path, base: str) -> Path:
     """The base experiment path, relative to the campaign/study file (absolute paths kept)."""
-    p = Path(base)
-    return p if p.is_absolute() else (Path(config_path).resolve().parent / p)
+    return Path(resolve_path(base, Path(config_path).resolve().parent))
 
 
 __all__ = ["AshaScheduler", "Budget", "CampaignConfig", "CategoricalParam", "ConfigError", "FloatParam",

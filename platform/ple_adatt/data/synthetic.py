@@ -25,9 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
+
+from ple_adatt.config.loading import ConfigError, validate
+from ple_adatt.config.paths import apply_overrides, read_yaml
 
 from .synthetic_labels import GROUPS, RETENTION_IF_CHURNED, TASKS, LabelModel
 from .synthetic_population import (HMM_MODES, PERSONAS, PROFILE, SEQ_FEATURES, TABULAR, World, make_world,
@@ -129,34 +132,20 @@ class GeneratorConfig(_Strict):
         return v
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"  {'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']} (got {e.get('input')!r})"
-             for e in err.errors()]
-    return f"invalid generator config {source}:\n" + "\n".join(lines)
-
-
 def load_generator_config(path: str | Path | None = None, overrides: list[str] = ()) -> GeneratorConfig:
-    """Load the generator YAML, apply dotted `key.sub=value` overrides; all errors reported at once."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r}: expected key.path=value")
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p} is not a mapping")
-        node[leaf] = yaml.safe_load(value)
+    """Load the generator YAML, apply dotted `key.sub=value` overrides (config/paths.py, the same engine
+    as experiment overrides); every problem is reported at once in one ConfigError (a ValueError)."""
+    problems: list[str] = []
+    raw = read_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides, problems)
+    source = str(path or "<defaults>")
     try:
-        return GeneratorConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(_format_errors(e, str(path or "<defaults>"))) from None
+        cfg = validate(raw, GeneratorConfig, source)
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
 
 
 def split_sizes(rows: int, splits: Splits) -> dict[str, int]:
@@ -424,10 +413,7 @@ def _write(cfg: GeneratorConfig, seed: int, sizes: dict[str, int], rows: int, ou
 
 
 def _validate(raw: dict) -> GeneratorConfig:
-    try:
-        return GeneratorConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(_format_errors(e, "<dict>")) from None
+    return validate(raw, GeneratorConfig, "<dict>")
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:

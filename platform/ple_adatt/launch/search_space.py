@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ple_adatt.config.loading import ConfigError, validate
-from ple_adatt.config.paths import get_path, set_path
+from ple_adatt.config.paths import apply_values, get_path
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.config.sweeps import CampaignConfig, CategoricalParam, FloatParam, IntParam
 from ple_adatt.launch.trial import decode_choice, encode_choice
@@ -50,8 +50,7 @@ def check_search_space(cc: CampaignConfig, base: dict) -> list[str]:
         for value in candidate_values(p):
             data = base
             try:
-                for k, v in {**cond, path: value}.items():
-                    data = set_path(data, k, v)
+                data = apply_values(data, {**cond, path: value})
             except KeyError as e:
                 problems.append(f"search_space.{path}: {e.args[0]}")
                 break

@@ -22,20 +22,15 @@ from typing import Callable, Iterable
 
 from ple_adatt.config.loading import ConfigError, apply_overrides, load_config_dict, validate
 from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.config.paths import resolve_dataset_overrides
 from ple_adatt.config.sweeps import base_path
 from ple_adatt.train.metrics import METRICS_BY_TYPE
 
 # ============================================================================ loading
 
 
-def absolutize_dataset_refs(overrides: list[str], folder: Path) -> list[str]:
-    """`dataset=rel/path.yaml` inside a campaign/study file is relative to that file (like `base:`)."""
-    out = []
-    for o in overrides:
-        if o.startswith("dataset=") and not Path(o[8:]).is_absolute() and "://" not in o:
-            o = f"dataset={(folder / o[8:]).resolve()}"
-        out.append(o)
-    return out
+absolutize_dataset_refs = resolve_dataset_overrides
+"""`dataset=rel/path.yaml` inside a campaign/study file is relative to that file (like `base:`)."""
 
 
 def split_cli_overrides(overrides: list[str], fields: set[str]) -> tuple[list[str], list[str]]:

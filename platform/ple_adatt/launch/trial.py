@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ple_adatt.config.loading import ConfigError, apply_overrides, flatten, validate
-from ple_adatt.config.paths import get_path, set_path  # noqa: F401  (re-exported for callers)
+from ple_adatt.config.paths import apply_values, set_path
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.tracking.queries import TASK_TYPES_TAG
 
@@ -84,9 +84,7 @@ def build_trial_config(spec: TrialSpec, config: dict) -> tuple[ExperimentConfig,
     """The trial's validated experiment (storage and tracking pointed at the campaign's)."""
     values, overrides, tags = trial_values(spec, config)
     problems: list[str] = []
-    data = apply_overrides(spec.base, overrides, problems)
-    for path, v in values.items():
-        data = set_path(data, path, v)
+    data = apply_values(apply_overrides(spec.base, overrides, problems), values)
     data = set_path(data, "run.storage_path", spec.train_storage)
     if spec.tracking_uri:
         data = set_path(data, "tracking.uri", spec.tracking_uri)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ple_adatt.config.loading import config_to_yaml, validate
-from ple_adatt.config.paths import set_path
+from ple_adatt.config.paths import apply_values, set_path
 from ple_adatt.config.schema import ExperimentConfig
 
 
@@ -86,10 +86,7 @@ def params_of(row) -> dict[str, Any]:
 
 def best_config_yaml(campaign, values: dict[str, Any], run_name: str, header: list[str]) -> str:
     """A ready-to-run, self-contained experiment YAML (validated before it is returned)."""
-    data = campaign.base
-    for k, v in values.items():
-        data = set_path(data, k, v)
-    data = set_path(data, "run.name", run_name)
+    data = set_path(apply_values(campaign.base, values), "run.name", run_name)
     cfg = validate(data, ExperimentConfig, f"best config of {campaign.config.name}")
     return "\n".join(f"# {h}" for h in header) + "\n" + config_to_yaml(cfg)
 
