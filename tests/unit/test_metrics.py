@@ -75,3 +75,11 @@ def test_metric_mode_of_full_names():
     assert [metric_mode(m) for m in names] == ["min", "max", "min", "min", "min", "max", "min", "min", "max"]
     with pytest.raises(ValueError, match="unknown metric direction for 'gini'.*'auc'"):
         metric_mode("val/x/gini")
+
+
+def test_report_defaults_are_reported_metrics():
+    from ple_adatt.train.metrics import METRICS_BY_TYPE, REPORT_METRICS_BY_TYPE
+
+    assert REPORT_METRICS_BY_TYPE.keys() == METRICS_BY_TYPE.keys()
+    for task_type, names in REPORT_METRICS_BY_TYPE.items():
+        assert names and set(names) <= set(METRICS_BY_TYPE[task_type]), task_type

@@ -16,7 +16,8 @@ A campaign = a base experiment + a search space over dotted config paths + budge
 
 A study = a base experiment + named variants (lists of dotted overrides) x seeds. Everything here
 is syntax; the checks against the experiment schema (paths exist, metrics exist) live in
-`launch/tune.py` and `launch/ablate.py` because they need the loaded base config.
+`launch/search_space.py`, `launch/sweep.py`, `launch/tune.py` and `launch/ablate.py` because they need the
+loaded base config and the metric registry (train/metrics.py).
 """
 from __future__ import annotations
 
@@ -211,10 +212,6 @@ class SweepSection(Section):
         return self.reference if self.reference is not None else next(iter(self.levels))
 
 
-DEFAULT_REPORT_METRICS = {"binary": ["auc", "pr_auc"], "multiclass": ["accuracy", "macro_f1"],
-                          "regression": ["mae", "rmse"], "contrastive": ["accuracy"]}
-
-
 class StudyConfig(Section):
     name: str = Field(pattern=NAME_PATTERN)
     """Study name: the Tune experiment folder, the MLflow parent run, the report folder."""
@@ -232,8 +229,10 @@ class StudyConfig(Section):
     """Significance level of the paired tests (family-wise or FDR, see correction)."""
     correction: Literal["holm", "bh"] = "holm"
     """Multiple-testing correction: holm (family-wise error) or bh (false discovery rate)."""
-    metrics: dict[Literal["binary", "multiclass", "regression", "contrastive"], list[str]] = DEFAULT_REPORT_METRICS
-    """Per-task metrics compared in the report, per task type (fewer = less multiple-testing cost)."""
+    metrics: dict[Literal["binary", "multiclass", "regression", "contrastive"], list[str]] | None = None
+    """Per-task metrics compared in the report, per task type (fewer = less multiple-testing cost).
+    None = the metric registry's defaults (train/metrics.py REPORT_METRICS_BY_TYPE), filled in when the
+    study is prepared; names are checked against the registry there too."""
     sweep: SweepSection | None = None
     """Optional sweep: every variant is also run at each level."""
     max_concurrent: int | None = Field(None, ge=1)

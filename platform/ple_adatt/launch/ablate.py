@@ -44,6 +44,7 @@ from ple_adatt.report.results import (
     write_study_report,
 )
 from ple_adatt.tracking import queries
+from ple_adatt.train.metrics import REPORT_METRICS_BY_TYPE
 
 STUDY_KIND, STUDY_TAG, META_TAG, REPORT_DIR_TAG = "ablation_study", "ple_adatt.study", "ple_adatt.study_meta", "ple_adatt.report_dir"
 STUDY_FIELDS = set(StudyConfig.model_fields)
@@ -90,7 +91,8 @@ def prepare_study(path: str | Path, cli_overrides: list[str] | None = None, *, r
         sc = sc.model_copy(update={"variants": {k: keep(v) for k, v in sc.variants.items()}, **(
             {"sweep": sc.sweep.model_copy(update={"levels": {k: keep(v) for k, v in sc.sweep.levels.items()}})}
             if sc.sweep else {})})
-    update: dict[str, Any] = {"overrides": absolutize_dataset_refs(list(sc.overrides), folder) + exp,
+    update: dict[str, Any] = {"metrics": REPORT_METRICS_BY_TYPE if sc.metrics is None else sc.metrics,
+                              "overrides": absolutize_dataset_refs(list(sc.overrides), folder) + exp,
                               "variants": {k: absolutize_dataset_refs(v, folder) for k, v in sc.variants.items()}}
     if sc.sweep:
         update["sweep"] = sc.sweep.model_copy(update={"levels": {k: absolutize_dataset_refs(v, folder)
@@ -169,7 +171,7 @@ class StudyOutcome:
 
 def study_meta(sc: StudyConfig) -> dict:
     return {"name": sc.name, "baseline": sc.baseline, "alpha": sc.alpha, "correction": sc.correction,
-            "metrics": sc.metrics, "variants": list(sc.variants), "seeds": list(sc.seeds),
+            "metrics": REPORT_METRICS_BY_TYPE if sc.metrics is None else sc.metrics, "variants": list(sc.variants), "seeds": list(sc.seeds),
             "sweep": sc.sweep.name if sc.sweep else None,
             "reference": sc.sweep.reference_level() if sc.sweep else None}
 

@@ -21,6 +21,10 @@ METRICS_BY_TYPE = {"binary": ("auc", "pr_auc", "logloss"),
                    "regression": ("mae", "rmse", "r2"),
                    "contrastive": ("accuracy", "macro_f1", "top3", "logloss")}
 """Per-task metrics `task_metrics` reports for each task type, in display order."""
+REPORT_METRICS_BY_TYPE = {"binary": ["auc", "pr_auc"], "multiclass": ["accuracy", "macro_f1"],
+                          "regression": ["mae", "rmse"], "contrastive": ["accuracy"]}
+"""What an ablation report compares per task type unless the study says otherwise (few = less
+multiple-testing cost); a subset of METRICS_BY_TYPE (a test checks)."""
 HIGHER_IS_BETTER = {"auc": True, "pr_auc": True, "logloss": False, "accuracy": True, "macro_f1": True,
                     "top3": True, "mae": False, "rmse": False, "r2": True, "loss": False,
                     # not computed here, but accepted in study results tables built elsewhere
