@@ -9,8 +9,8 @@ from ple_adatt.config.loading import load_config
 from ple_adatt.data.files import split_files
 from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
 from ple_adatt.launch.inference import to_tensors
-from ple_adatt.train.build import build_model
-from ple_adatt.train.loop import build_adatt, build_weighting, task_losses
+from ple_adatt.train.build import build_adatt, build_model, build_weighting
+from ple_adatt.train.step import task_losses
 from ple_adatt.losses.aggregate import aggregate_losses
 
 SEED_DAG = ["model.logit_transfer.enabled=true",
@@ -87,7 +87,7 @@ def test_param_count_of_default_full_model(setup):
 
 
 def test_affinity_targets_for_each_mode(setup):
-    from ple_adatt.train.loop import affinity_target
+    from ple_adatt.train.step import affinity_target
 
     cfg, state, batch = setup
     got = {}
@@ -104,7 +104,7 @@ def test_affinity_targets_for_each_mode(setup):
 
 
 def test_expert_head_affinity_on_a_baseline_uses_each_shared_mlps_last_layer(setup):
-    from ple_adatt.train.loop import affinity_target
+    from ple_adatt.train.step import affinity_target
 
     cfg, state, batch = setup
     c, model = _model(cfg, state, "model.arch=mmoe", "model.num_experts=3", "adatt.enabled=true",

@@ -1,5 +1,5 @@
 """CGC gates: `CGCAttention` (per-task block re-weighting of the shared concat; the default gate) and
-`CGCLayer` (paper-exact PLE extraction level, Tang et al. 2020; stackable). Plus a gate heatmap helper.
+`CGCLayer` (paper-exact PLE extraction level, Tang et al. 2020; stackable). The heatmap: train/diagnostics.py.
 
 Shapes: B batch, T tasks, E expert blocks, D concat width, N experts a CGCLayer gate mixes.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -226,31 +225,3 @@ class CGCLayer(nn.Module):
     def gate_weights(self) -> Tensor | None:
         """Batch-mean task gates of the last forward, detached [T, N] (columns: `expert_labels`)."""
         return None if self.last_weights is None else self.last_weights.detach().mean(0)
-
-
-def plot_gate_heatmap(weights: Tensor, task_labels: Sequence[str], expert_labels: Sequence[str], path: str | Path,
-                      title: str = "CGC gate weights") -> Path:
-    """Write a tasks x experts heatmap PNG (matplotlib, Agg) of `weights` [T, E]; returns the path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    w = torch.as_tensor(weights).detach().float().cpu().numpy()
-    if w.shape != (len(task_labels), len(expert_labels)):
-        raise ValueError(f"weights {list(w.shape)} do not match {len(task_labels)} tasks x {len(expert_labels)} experts")
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * w.shape[1], 1.0 + 0.4 * w.shape[0]))
-    im = ax.imshow(w, cmap="viridis", aspect="auto", vmin=0.0, vmax=max(float(w.max()), 1e-6))
-    ax.set_xticks(range(w.shape[1]), expert_labels, rotation=45, ha="right")
-    ax.set_yticks(range(w.shape[0]), task_labels)
-    for i in range(w.shape[0]):
-        for j in range(w.shape[1]):
-            ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if w[i, j] < 0.6 * w.max() else "black")
-    fig.colorbar(im, ax=ax)
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
