@@ -174,3 +174,62 @@ def test_dwa_toy_sequence():
     restored = DWAWeighting(["a", "b"], {"b": 2.0})
     restored.load_state_dict(dwa.state_dict())
     torch.testing.assert_close(restored.lam, dwa.lam)
+
+
+class _TwoHeads(torch.nn.Module):
+    """x [B, 6] -> shared h = tanh(x A) [B, 4] -> per-task linear heads; MSE per task."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.shared = torch.nn.Linear(6, 4)
+        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(4, 1) for t in ("a", "b")})
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        h = torch.tanh(self.shared(x))
+        return {t: head(h).squeeze(-1) for t, head in self.heads.items()}
+
+
+def _gradnorm_batches(steps=4, batch=16):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(steps):
+        x = torch.randn(batch, 6, generator=g)
+        out.append((x, {"a": x[:, 0] * 2 + 0.1 * torch.randn(batch, generator=g), "b": x[:, 1] - x[:, 2]}))
+    return out
+
+
+def _gradnorm_train(rank, world, steps=4, batch=16):
+    """GradNorm + SGD on ``world`` ranks, rank r taking rows [r·B/world, (r+1)·B/world) of each batch."""
+    from ple_adatt.train.step import mean_all_reduce
+
+    model = _TwoHeads()
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    gn = GradNormWeighting(["a", "b"], {}, alpha=1.5, lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    part = batch // world
+    for x, y in _gradnorm_batches(steps, batch):
+        rows = slice(rank * part, (rank + 1) * part)
+        out = wrapped(x[rows])
+        losses = {t: ((out[t] - y[t][rows]) ** 2).mean() for t in out}
+        gn.before_backward(losses, list(model.shared.parameters()), None, mean_all_reduce(world))
+        weighted, _ = gn(losses)
+        opt.zero_grad()
+        sum(weighted.values()).backward()
+        opt.step()
+    del wrapped
+    return gn.log_lambda.clone()
+
+
+def test_gradnorm_two_gloo_processes_equal_one_process_on_the_global_batch():
+    """Issue 14: the global gradient norm (‖mean of rank gradients‖), not the mean of rank norms."""
+    from ddp_harness import spawn
+
+    single = _gradnorm_train(0, 1)
+    assert (single - single.mean()).abs().max() > 1e-2  # λ moved: the comparison is not vacuous
+    two = spawn(_gradnorm_train, 2, timeout=90)
+    torch.testing.assert_close(two[0], two[1], rtol=0, atol=0)
+    torch.testing.assert_close(two[0], single, rtol=0, atol=1e-5)

@@ -17,9 +17,9 @@ from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import DataError, check_dataset, split_files
 from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
 from ple_adatt.launch.inference import to_tensors
-from ple_adatt.train.build import build_adatt, build_model, build_optimizer, build_weighting, phase_optimizer
+from ple_adatt.train.build import build_adatt, build_model, build_optimizer, build_weighting
 from ple_adatt.train.step import Trainer
-from ple_adatt.train.trainable import TrainableSet
+from ple_adatt.train.trainable import TrainableSet, begin_epoch, phase_optimizer
 
 
 def load_train_tensors(cfg: ExperimentConfig, state) -> dict[str, torch.Tensor]:
@@ -40,9 +40,9 @@ def plain_loop(cfg: ExperimentConfig, state, epochs: int) -> list[float]:
     opt, sched = phase_optimizer(cfg, model, weighting, adatt, 1, -(-n // bs))
     trainer = Trainer(cfg, model, model, weighting, adatt, opt, sched)
     trainable = TrainableSet(model, lambda m: m)  # one process: nothing to wrap
-    rates, step = [], 0
+    rates, step, phase = [], 0, 1
     for epoch in range(epochs):
-        trainable.update(1, adatt.on_epoch_start(epoch, cfg.train.epochs) if adatt is not None else None)
+        phase, _ = begin_epoch(trainer, trainable, epoch, phase, -(-n // bs))
         model.train()
         perm = torch.randperm(n)
         t0 = time.perf_counter()

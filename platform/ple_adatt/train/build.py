@@ -17,7 +17,6 @@ from ple_adatt.model.baselines import MMoE, PLE, InputEncoder, MultiTaskModel, S
 from ple_adatt.model.shared_side import build_shared_extractor
 from ple_adatt.model.task_side import LogitTransfer, task_basket
 from ple_adatt.model.towers import ContrastiveTower, TaskTower
-from ple_adatt.train.trainable import frozen_parameter_names
 
 
 def task_output_dims(cfg: ExperimentConfig) -> dict[str, int]:
@@ -153,16 +152,3 @@ def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, extras: list[t
     optimizer = build_optimizer(cfg, [g for g in groups if g["params"]], lr)
     return optimizer, build_scheduler(cfg, optimizer, total_steps)
 
-
-def phase_optimizer(cfg: ExperimentConfig, raw_model: torch.nn.Module, weighting: torch.nn.Module,
-                    adatt: AdaTT | None, phase: int, steps_per_epoch: int):
-    """The optimizer and schedule of training ``phase``: phase 1 trains everything (+ the weighting's
-    and adaTT's parameters) over train.epochs; phase 2 the parameters it leaves trainable, with
-    two_phase.phase2_lr over two_phase.phase2_epochs (spec §8.1). A function of the phase only,
-    so a resume rebuilds the same param groups before loading their state."""
-    frozen = frozen_parameter_names(raw_model, phase, None)
-    if phase == 1:
-        extras = [m for m in (weighting, adatt) if m is not None]
-        return make_optimizer(cfg, raw_model, extras, cfg.train.lr, steps_per_epoch * cfg.train.epochs, frozen)
-    return make_optimizer(cfg, raw_model, [weighting], cfg.two_phase.phase2_lr or cfg.train.lr,
-                          steps_per_epoch * cfg.two_phase.phase2_epochs, frozen)

@@ -20,13 +20,13 @@ import torch.distributed as dist
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.preprocess import PreprocessState, input_shapes
 from ple_adatt.tracking.mlflow_tracking import make_logger
-from ple_adatt.train.build import build_adatt, build_model, build_weighting, phase_optimizer
+from ple_adatt.train.build import build_adatt, build_model, build_weighting
 from ple_adatt.train.checkpoint import load_state, save_checkpoint
 from ple_adatt.train.diagnostics import log_adatt_diagnostics, log_gate_diagnostics
 from ple_adatt.train.evaluate import predict_distributed
 from ple_adatt.train.metrics import evaluate_predictions
 from ple_adatt.train.step import NonFiniteLossError, Trainer, validation_loss
-from ple_adatt.train.trainable import TrainableSet
+from ple_adatt.train.trainable import TrainableSet, begin_epoch, phase_optimizer
 
 
 def steps_per_epoch(train_rows: int, world: int, batch_size: int) -> int:
@@ -37,7 +37,7 @@ def steps_per_epoch(train_rows: int, world: int, batch_size: int) -> int:
 
 def restore_checkpoint(trainer: Trainer, saved: dict, steps: int) -> tuple[int, int, list]:
     """Load a checkpoint into ``trainer`` (built for phase 1); returns (training phase, first epoch
-    to run, history). In phase 2 the phase-2 optimizer is rebuilt (train/build.phase_optimizer)
+    to run, history). In phase 2 the phase-2 optimizer is rebuilt (train/trainable.phase_optimizer)
     before its saved state is loaded; the trainable set is re-applied by the epoch loop from the
     same checkpointed state (training phase, adaTT phase), so it is exactly the saved run's."""
     trainer.raw_model.load_state_dict(saved["model"])
@@ -90,7 +90,7 @@ def train_loop_per_worker(config: dict) -> None:
     logger = make_logger(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
     tasks, t_cfg = cfg.task_names(), cfg.train
     task_types = {t: cfg.dataset.task(t).type for t in tasks}
-    phase1_epochs, total_epochs = t_cfg.epochs, cfg.total_epochs()
+    total_epochs = cfg.total_epochs()
 
     # [2] model, loss weighting, adaTT, optimizer, schedule; resume from the latest checkpoint
     torch.manual_seed(t_cfg.seed)
@@ -123,18 +123,10 @@ def train_loop_per_worker(config: dict) -> None:
     run_start = time.perf_counter()
     for epoch in range(start_epoch, total_epochs):
         _maybe_inject_failure(cfg, epoch, rank)
-        if epoch >= phase1_epochs and phase == 1:  # two-phase training: switch once, fresh optimizer
-            phase = 2
-            if adatt is not None:
-                adatt.disable()
-            trainer.optimizer, trainer.scheduler = phase_optimizer(cfg, raw_model, weighting, adatt, 2, steps)
-        adatt_phase = adatt.on_epoch_start(epoch, phase1_epochs) if adatt is not None and phase == 1 else None
-        if trainable.update(phase, adatt_phase):  # re-wrapped on every rank: DDP sees the new set
-            trainer.model = trainable.model
-            if rank == 0 and trainable.frozen:
-                print(f"[ple-adatt] epoch {epoch + 1}: {len(trainable.frozen)} parameter tensors frozen "
-                      f"(phase {phase}{', adaTT ' + adatt.phase.name.lower() if adatt is not None else ''})",
-                      flush=True)
+        phase, changed = begin_epoch(trainer, trainable, epoch, phase, steps)  # same on every rank
+        if changed and rank == 0 and trainable.frozen:
+            print(f"[ple-adatt] epoch {epoch + 1}: {len(trainable.frozen)} parameter tensors frozen (phase {phase}"
+                  f"{', adaTT ' + adatt.phase.name.lower() if adatt is not None else ''})", flush=True)
         torch.manual_seed(t_cfg.seed + 1000 * (epoch + 1) + rank)  # dropout RNG: a function of epoch only
         trainer.model.train()
         t0, n_rows, n_batches = time.perf_counter(), 0, 0

@@ -27,10 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
-from ple_adatt.adatt import Phase
+from ple_adatt.adatt import AdaTT, Phase
 from ple_adatt.adatt.two_phase import prefix_predicate
+from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.train.build import make_optimizer
+from ple_adatt.train.step import Trainer
 
 
 def frozen_parameter_names(raw_model: nn.Module, phase: int, adatt_phase: Phase | None) -> frozenset[str]:
@@ -48,6 +52,20 @@ def frozen_parameter_names(raw_model: nn.Module, phase: int, adatt_phase: Phase 
         in_gate = prefix_predicate(raw_model.adatt_frozen_prefixes())
         frozen |= {n for n in names if in_gate(n)}
     return frozenset(frozen)
+
+
+def phase_optimizer(cfg: ExperimentConfig, raw_model: torch.nn.Module, weighting: torch.nn.Module,
+                    adatt: AdaTT | None, phase: int, steps_per_epoch: int):
+    """The optimizer and schedule of training ``phase``: phase 1 trains everything (+ the weighting's
+    and adaTT's parameters) over train.epochs; phase 2 the parameters it leaves trainable, with
+    two_phase.phase2_lr over two_phase.phase2_epochs (spec §8.1). A function of the phase only,
+    so a resume rebuilds the same param groups before loading their state."""
+    frozen = frozen_parameter_names(raw_model, phase, None)
+    if phase == 1:
+        extras = [m for m in (weighting, adatt) if m is not None]
+        return make_optimizer(cfg, raw_model, extras, cfg.train.lr, steps_per_epoch * cfg.train.epochs, frozen)
+    return make_optimizer(cfg, raw_model, [weighting], cfg.two_phase.phase2_lr or cfg.train.lr,
+                          steps_per_epoch * cfg.two_phase.phase2_epochs, frozen)
 
 
 class TrainableSet:
@@ -75,3 +93,23 @@ class TrainableSet:
         self.frozen = frozen
         self.model = self.wrap(self.raw_model)
         return True
+
+
+def begin_epoch(trainer: Trainer, trainable: TrainableSet, epoch: int, phase: int, steps_per_epoch: int) -> tuple[int, bool]:
+    """The state change at the start of ``epoch`` (0-based over both phases), identical on every
+    rank: the switch to training phase 2 (adaTT off, fresh phase-2 optimizer, spec §8.1), adaTT's
+    schedule, and the trainable set (re-wrapping when it changed; ``trainer.model`` follows).
+    Returns (training phase, whether the trainable set changed). Used by the worker loop and the
+    gloo harness (tests/ddp_harness.py)."""
+    cfg, adatt = trainer.cfg, trainer.adatt
+    if epoch >= cfg.train.epochs and phase == 1:  # two-phase training: switch once
+        phase = 2
+        if adatt is not None:
+            adatt.disable()
+        trainer.optimizer, trainer.scheduler = phase_optimizer(cfg, trainer.raw_model, trainer.weighting, adatt, 2,
+                                                               steps_per_epoch)
+    adatt_phase = adatt.on_epoch_start(epoch, cfg.train.epochs) if adatt is not None and phase == 1 else None
+    changed = trainable.update(phase, adatt_phase)
+    if changed:
+        trainer.model = trainable.model
+    return phase, changed
