@@ -6,13 +6,13 @@ Shapes: B batch, T tasks, E expert blocks, D concat width, N experts a CGCLayer 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .experts._io import mlp
+from .layers import mlp
 
 GATE_TYPES = ("softmax", "sigmoid")
 
@@ -174,12 +174,16 @@ class CGCLayer(nn.Module):
     heterogeneous experts, computed elsewhere) join the shared pool after a projection to expert_dim.
     With `shared_gate` (every level but the last) a shared gate over all experts produces the next
     level's shared input. Stack levels by feeding (task_out, shared_out) into the next layer
-    (in_dim = expert_dim).
+    (in_dim = expert_dim). The one PLE level of the package: the `ple` baseline stacks it too, with
+    `expert` building its MLP experts (model/baselines.py PLE).
+
+    expert: () -> module [B, in_dim] -> [B, expert_dim] (default: `mlp(in_dim, hidden, expert_dim, dropout)`).
     """
 
     def __init__(self, in_dim: int, tasks: Sequence[str], expert_dim: int = 64, n_shared: int = 1, n_task: int = 1,
                  hidden: Sequence[int] = (128,), dropout: float = 0.1, shared_gate: bool = False,
-                 external_dims: Sequence[int] = (), external_names: Sequence[str] | None = None, gate_type: str = "softmax"):
+                 external_dims: Sequence[int] = (), external_names: Sequence[str] | None = None, gate_type: str = "softmax",
+                 expert: Callable[[], nn.Module] | None = None):
         super().__init__()
         if gate_type not in GATE_TYPES:
             raise ValueError(f"gate_type: '{gate_type}' is not one of {list(GATE_TYPES)}")
@@ -189,9 +193,9 @@ class CGCLayer(nn.Module):
             raise ValueError("CGCLayer needs at least one expert")
         self.external_proj = nn.ModuleList(nn.Identity() if d == expert_dim else nn.Linear(d, expert_dim)
                                            for d in external_dims)
-        self.shared = nn.ModuleList(mlp(in_dim, hidden, expert_dim, dropout) for _ in range(n_shared))
-        self.task_experts = nn.ModuleDict({t: nn.ModuleList(mlp(in_dim, hidden, expert_dim, dropout) for _ in range(n_task))
-                                           for t in self.tasks})
+        expert = expert or (lambda: mlp(in_dim, hidden, expert_dim, dropout))
+        self.shared = nn.ModuleList(expert() for _ in range(n_shared))
+        self.task_experts = nn.ModuleDict({t: nn.ModuleList(expert() for _ in range(n_task)) for t in self.tasks})
         n_gate = self.n_external + n_shared + n_task
         self.gates = nn.ModuleDict({t: nn.Linear(in_dim, n_gate) for t in self.tasks})
         n_all = self.n_external + n_shared + n_task * len(self.tasks)
