@@ -3,12 +3,13 @@
 ``run_ranks(overrides, dataset)`` builds the model, weighting, adaTT and optimizer from
 configs/smoke/tiny.yaml plus ``overrides`` exactly as the Ray worker does (train/build.py), wraps
 the model in torch DDP on gloo through the trainable-set mechanism (train/trainable.py), and runs
-``begin_epoch`` + ``Trainer.step`` (train/step.py) over every epoch of both training phases on tiny
-in-memory batches: each step's global batch is split in contiguous halves, one per rank. It
+``begin_epoch`` + ``Trainer.step`` (train/step.py) + the weighting's epoch hook over every epoch of
+both training phases on tiny in-memory batches: each step's global batch is split in contiguous
+halves, one per rank. It
 returns, per rank and per epoch, the training phase, adaTT's phase, the frozen set and a flat copy
 of every parameter and buffer (model, weighting, adaTT), so a test can check that all phases run
-and that the ranks stay in sync. A few seconds per config; parametrisable by overrides, for a
-coverage matrix (issue 14).
+and that the ranks stay in sync (``in_sync``). About a second per config; parametrisable by
+overrides, for a coverage matrix (issue 14).
 
 ``spawn(fn, world, *args)`` is the fork + gloo launcher underneath, for other 2-process tests.
 """
@@ -110,17 +111,31 @@ def train_rank(rank: int, world: int, cfg, state, data: dict, batch_per_rank: in
         phase, _ = begin_epoch(trainer, trainable, epoch, phase, steps_per_epoch)
         torch.manual_seed(cfg.train.seed + 1000 * (epoch + 1) + rank)  # as the worker: dropout per epoch
         trainer.model.train()
+        sums = torch.zeros(len(cfg.task_names()) + 1, dtype=torch.float64)  # per-task loss sums, batches
         for _ in range(steps_per_epoch):
             start = (step * global_batch) % max(1, n - global_batch + 1)
             rows = slice(start + rank * batch_per_rank, start + (rank + 1) * batch_per_rank)
-            out["skipped"] += not trainer.step({k: v[rows] for k, v in data.items()}, step).finite
+            result = trainer.step({k: v[rows] for k, v in data.items()}, step)
             step += 1
+            out["skipped"] += not result.finite
+            if result.finite:
+                sums += torch.tensor([*(float(result.losses[t]) for t in cfg.task_names()), 1.0], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(sums)
+        # As the worker: epoch means over all ranks' batches feed the weighting's epoch hook (DWA).
+        weighting.on_epoch_end({t: float(v) / max(1.0, float(sums[-1])) for t, v in zip(cfg.task_names(), sums)})
         out["phase"].append(phase)
         out["adatt_phase"].append(adatt.phase.name if adatt is not None else None)
         out["frozen"].append(sorted(trainable.frozen))
         out["state"].append(_snapshot(trainer))
     del trainer, trainable  # the DDP wrapper goes before the process group
     return out
+
+
+def in_sync(ranks: list[dict]) -> list[bool]:
+    """Per epoch: every rank's snapshot equals rank 0's exactly (NaN buffers, e.g. DWA's, compare equal)."""
+    return [all(torch.equal(torch.nan_to_num(s[e], nan=-7.0), torch.nan_to_num(ranks[0]["state"][e], nan=-7.0))
+                for s in (r["state"] for r in ranks)) for e in range(len(ranks[0]["state"]))]
 
 
 def run_ranks(overrides: list[str], dataset: Path | str, world: int = 2, batch_per_rank: int = 16,

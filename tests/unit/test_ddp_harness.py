@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddp_harness import run_ranks
+from ddp_harness import in_sync, run_ranks
 
 ADATT_TWO_PHASE = ["model.arch=ple_hetero", "model.experts.use=[mlp]", "adatt.enabled=true",
                    "adatt.grad_interval=1", "train.epochs=3", "two_phase.enabled=true", "two_phase.phase2_epochs=1"]
@@ -29,8 +29,7 @@ def test_adatt_phases_and_phase_two_run_on_two_ranks_in_sync(tiny_dataset):
     assert r0["frozen"][2] == ["shared.attention.bias", "shared.attention.weight"]  # CGC freezes with adaTT
     assert set(r0["frozen"][2]) < set(r0["frozen"][3]) and any(n.startswith("shared.experts.") for n in r0["frozen"][3])
     assert r0["frozen"] == r1["frozen"] and r0["skipped"] == r1["skipped"] == 0
-    for epoch, (a, b) in enumerate(zip(r0["state"], r1["state"])):
-        assert torch.equal(a, b), f"ranks differ after epoch {epoch + 1}"
+    assert in_sync(ranks) == [True] * 4
     assert not torch.equal(r0["state"][2], r0["state"][3])  # phase 2 still trains (towers)
 
 
@@ -39,4 +38,20 @@ def test_weightings_with_parameters_or_collectives_stay_in_sync(tiny_dataset, we
     ranks = run_ranks([f"loss_weighting.name={weighting}", "adatt.enabled=true", "adatt.grad_interval=1",
                        "train.epochs=3"], tiny_dataset, steps_per_epoch=1)
     assert ranks[0]["adatt_phase"] == ["WARMUP", "DYNAMIC", "FROZEN"]
-    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["state"], ranks[1]["state"]))
+    assert all(in_sync(ranks))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.arch=ple_hetero", "model.experts.use=[mlp]", "model.gate.kind=layer", "two_phase.enabled=true",
+     "two_phase.phase2_epochs=1"],
+    ["model.arch=ple_hetero", "model.experts.use=[mlp]", "model.gate.kind=both", "two_phase.enabled=true",
+     "two_phase.phase2_epochs=1"],
+    ["model.arch=mmoe"],
+    ["model.arch=shared_bottom", "loss_weighting.name=dwa"],
+], ids=["hetero-layer-gate", "hetero-both-gates", "mmoe", "shared_bottom-dwa"])
+def test_other_models_through_every_adatt_phase_stay_in_sync(tiny_dataset, overrides):
+    ranks = run_ranks(["adatt.enabled=true", "adatt.grad_interval=1", "train.epochs=3", *overrides], tiny_dataset,
+                      steps_per_epoch=1)
+    assert ranks[0]["adatt_phase"][:3] == ["WARMUP", "DYNAMIC", "FROZEN"]
+    assert ranks[0]["frozen"] == ranks[1]["frozen"]
+    assert all(in_sync(ranks))
