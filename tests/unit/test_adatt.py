@@ -15,9 +15,9 @@ import torch
 
 from ple_adatt.adatt import (AdaTT, AdaTTSchedule, Phase, TaskAffinityComputer, group_prior,
                              resolve_schedule, transfer_enhanced_losses, transfer_weights)
-from ple_adatt.adatt.benchmark import ToyMultiTask, masked_losses, toy_batch
 from ple_adatt.adatt.diagnostics import negative_transfer_pairs, save_heatmap, transfer_entropy
 from ple_adatt.adatt.two_phase import freeze_parameters, prefix_predicate, trainable_parameters
+from toy_multitask import ToyMultiTask, masked_losses, toy_batch
 
 
 @pytest.fixture(autouse=True)

@@ -27,8 +27,9 @@ from ple_adatt.config.loading import load_config
 from ple_adatt.data.files import check_dataset, split_files
 from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
 from ple_adatt.launch.inference import to_tensors
-from ple_adatt.train.build import build_model
-from ple_adatt.train.loop import build_weighting, predict_batches, task_losses
+from ple_adatt.train.build import build_model, build_weighting
+from ple_adatt.train.evaluate import predict_batches
+from ple_adatt.train.step import task_losses
 from ple_adatt.train.metrics import evaluate_predictions
 
 pytest.importorskip("statsmodels", reason="statsmodels (dev extra) ships the Fair table")

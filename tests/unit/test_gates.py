@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from ple_adatt.model.gates import CGCAttention, CGCLayer, dimension_scales, entropy_ratio, plot_gate_heatmap
+from ple_adatt.model.gates import CGCAttention, CGCLayer, dimension_scales, entropy_ratio
+from ple_adatt.train.diagnostics import plot_gate_heatmap
 
 EXPERTS7 = ["deepfm", "temporal", "hgcn", "perslay", "lightgcn", "causal", "optimal_transport"]
 DIMS7 = [64, 64, 128, 64, 64, 64, 64]

@@ -9,9 +9,8 @@ from ple_adatt.config.loading import load_config
 from ple_adatt.data.files import split_files
 from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
 from ple_adatt.launch.inference import to_tensors
-from ple_adatt.train.build import build_model
-from ple_adatt.train.loop import build_adatt, build_weighting, task_losses
-from ple_adatt.losses.aggregate import aggregate_losses
+from ple_adatt.train.build import build_adatt, build_model, build_weighting
+from ple_adatt.train.step import Trainer
 
 SEED_DAG = ["model.logit_transfer.enabled=true",
             "model.logit_transfer.edges=[{source: ctr, target: cvr}, {source: cvr, target: ltv}, "
@@ -46,11 +45,12 @@ def test_full_model_emits_every_task_and_trains_every_block(setup):
     assert out["brand_prediction"].shape == (64, 128)
     assert set(model.shared.expert_names) == {"deepfm", "temporal", "hgcn", "perslay", "lightgcn", "causal",
                                                "optimal_transport"}
-    losses = task_losses(cfg, out, batch)
-    weighted, extra = build_weighting(cfg)(losses, {t: True for t in losses})
-    total, terms = aggregate_losses(weighted, extra, **model.aux_losses())
+    # The worker's own step (train/step.py): forward, weighting, regularisers, backward, update.
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer = Trainer(cfg, model, model, build_weighting(cfg), None, opt,
+                      torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    terms = trainer.step(batch, 0).terms
     assert {"cgc_entropy", "dag"} <= set(terms)
-    total.backward()
     for name in ("shared.experts.temporal", "shared.attention", "basket", "transfer", "towers.brand_prediction"):
         grads = [p.grad for n, p in model.named_parameters() if n.startswith(name)]
         assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), name
@@ -68,14 +68,13 @@ def test_adatt_runs_on_the_full_model(setup):
     cfg, model = _model(cfg, state, "adatt.enabled=true", "adatt.grad_interval=1")
     adatt = build_adatt(cfg)
     adatt.on_epoch_start(2, 5)  # dynamic phase with defaults (warmup 0.3, freeze 0.8)
-    out = model(batch)
-    losses = task_losses(cfg, out, batch)
-    present = {t: bool(batch[f"mask/{t}"].any()) for t in losses}
-    weighted, extra = build_weighting(cfg)(losses, present)
-    assert adatt.maybe_update_affinity(0, weighted, params=model.shared_parameters())
-    total, terms = aggregate_losses(weighted, extra, transfer=lambda w: adatt.transfer_losses(w, present))
-    assert "adatt/transfer_entropy" in terms and torch.isfinite(total)
-    total.backward()
+    before = adatt.affinity.clone()  # identity: no measurement yet
+    opt = torch.optim.SGD([*model.parameters(), *adatt.parameters()], lr=0.0)
+    trainer = Trainer(cfg, model, model, build_weighting(cfg), adatt, opt,
+                      torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    out = trainer.step(batch, 0)
+    assert out.finite and "adatt/transfer_entropy" in out.terms
+    assert not torch.equal(adatt.affinity, before)  # measured on the shared experts (affinity_on: parameters)
     assert adatt.W.grad is not None
 
 
@@ -87,7 +86,7 @@ def test_param_count_of_default_full_model(setup):
 
 
 def test_affinity_targets_for_each_mode(setup):
-    from ple_adatt.train.loop import affinity_target
+    from ple_adatt.train.step import affinity_target
 
     cfg, state, batch = setup
     got = {}
@@ -104,7 +103,7 @@ def test_affinity_targets_for_each_mode(setup):
 
 
 def test_expert_head_affinity_on_a_baseline_uses_each_shared_mlps_last_layer(setup):
-    from ple_adatt.train.loop import affinity_target
+    from ple_adatt.train.step import affinity_target
 
     cfg, state, batch = setup
     c, model = _model(cfg, state, "model.arch=mmoe", "model.num_experts=3", "adatt.enabled=true",

@@ -21,8 +21,9 @@ from ple_adatt.data.files import split_files
 from ple_adatt.data.synthetic import generate, load_generator_config
 from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
 from ple_adatt.launch.inference import to_tensors
-from ple_adatt.train.build import build_model
-from ple_adatt.train.loop import build_weighting, predict_batches, task_losses
+from ple_adatt.train.build import build_model, build_weighting
+from ple_adatt.train.evaluate import predict_batches
+from ple_adatt.train.step import task_losses
 from ple_adatt.train.metrics import evaluate_predictions
 
 ROOT = Path(__file__).resolve().parents[2]

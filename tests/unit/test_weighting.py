@@ -86,7 +86,7 @@ def test_gradnorm_toy_sequence():
     # Step 1: L(0) = (2, 1), r = (1, 1); G = (2, 1), target = Ḡ = 1.5 -> L_grad = 1.
     # ∂L_grad/∂log λ = λ·sign(G − target)·‖∇L‖ = (2, −1); log λ = (−0.2, 0.1);
     # renormalise to Σλ = 2.
-    l_grad = gn.gradnorm_step(gradnorm_losses(theta), [theta])
+    l_grad = gn.before_backward(gradnorm_losses(theta), [theta])
     assert l_grad.item() == pytest.approx(1.0)
     lam1 = (2 * math.exp(-0.2) / (math.exp(-0.2) + math.exp(0.1)), 2 * math.exp(0.1) / (math.exp(-0.2) + math.exp(0.1)))
     assert lam1 == pytest.approx((0.851115, 1.148885), abs=1e-6)
@@ -95,7 +95,7 @@ def test_gradnorm_toy_sequence():
     # target = Ḡ·r^1.5 = (0.77598, 2.19479) -> L_grad = 0.92625 + 1.04590 = 1.97216; signs (+, −)
     # -> log λ −= 0.1·(2λa, −λb); renormalised λ = (0.715515, 1.284485).
     theta2 = torch.tensor([0.5, 1.0], requires_grad=True)
-    l_grad = gn.gradnorm_step(gradnorm_losses(theta2), [theta2])
+    l_grad = gn.before_backward(gradnorm_losses(theta2), [theta2])
     assert l_grad.item() == pytest.approx(1.972159, abs=1e-5)
     lam = gn.log_lambda.exp()
     assert lam.tolist() == pytest.approx([0.715515, 1.284485], abs=1e-5)
@@ -108,12 +108,12 @@ def test_gradnorm_toy_sequence():
 def test_gradnorm_interval_identical_ranks_and_checkpoint():
     gn = GradNormWeighting(["a", "b"], {}, lr=0.1, interval=2)
     theta = torch.tensor([1.0, 1.0], requires_grad=True)
-    assert gn.gradnorm_step(gradnorm_losses(theta), [theta]).item() == 0.0  # step 1 skipped
+    assert gn.before_backward(gradnorm_losses(theta), [theta]).item() == 0.0  # step 1 skipped
     assert gn.log_lambda.tolist() == [0.0, 0.0]
-    # Two identical ranks (even a SUM reduction, which doubles every row) leave the ratios unchanged.
-    gn.gradnorm_step(gradnorm_losses(theta), [theta], all_reduce_mean=lambda s: 2 * s)
+    # Two identical ranks: the mean of equal rows changes nothing.
+    gn.before_backward(gradnorm_losses(theta), [theta], all_reduce_mean=lambda s: (s + s) / 2)
     ref = GradNormWeighting(["a", "b"], {}, lr=0.1)
-    ref.gradnorm_step(gradnorm_losses(theta), [theta])
+    ref.before_backward(gradnorm_losses(theta), [theta])
     torch.testing.assert_close(gn.log_lambda, ref.log_lambda)
     restored = GradNormWeighting(["a", "b"], {}, lr=0.1, interval=2)
     restored.load_state_dict(gn.state_dict())
@@ -121,17 +121,30 @@ def test_gradnorm_interval_identical_ranks_and_checkpoint():
     assert int(restored.step) == 2
 
 
-def test_gradnorm_averages_statistics_across_ranks():
-    # This rank: L = (2, 1), ‖∇L‖ = (2, 1). Other rank: task a only, L_a = 4, ‖∇L_a‖ = 4.
-    other = torch.tensor([[4.0, 0.0], [4.0, 0.0], [1.0, 0.0]])  # rows: loss, grad norm, count
+def test_gradnorm_uses_the_norm_of_the_mean_gradient():
+    # This rank: L = (2θ₀, θ₁), ∇L_a = (2, 0), ∇L_b = (0, 1). Other rank: task a only, L_a = 4,
+    # ∇L_a = (4, 0); b absent (zero gradient, as DDP sees it). Rows: [∇L (P=2) | L | seen].
+    other = torch.tensor([[4.0, 0.0, 4.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
     gn = GradNormWeighting(["a", "b"], {}, lr=0.1)
     theta = torch.tensor([1.0, 1.0], requires_grad=True)
-    gn.gradnorm_step(gradnorm_losses(theta), [theta], all_reduce_mean=lambda s: (s + other) / 2)
-    # Global: L = (3, 1), ‖∇L‖ = (3, 1); r = 1, G = (3, 1), target 2 -> log λ = −0.1·(3, −1).
-    expected = torch.tensor([-0.3, 0.1])
+    gn.before_backward(gradnorm_losses(theta), [theta], all_reduce_mean=lambda s: (s + other) / 2)
+    # Mean gradients: a (3, 0), b (0, 0.5) -> G = (3, 0.5); losses over the ranks that saw them:
+    # (3, 1) -> r = 1, target 1.75 -> ∂/∂log λ = (3, −0.5), log λ = −0.1·(3, −0.5).
+    expected = torch.tensor([-0.3, 0.05])
     expected = expected - torch.logsumexp(expected, 0) + math.log(2)
     torch.testing.assert_close(gn.log_lambda, expected)
     torch.testing.assert_close(gn.initial_loss, torch.tensor([3.0, 1.0]))
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTINGS))
+def test_every_strategy_has_the_step_hooks(name):
+    """The loop calls before_backward and sync_gradients on every strategy without naming one."""
+    w = WEIGHTINGS[name](["a", "b"], {})
+    theta = torch.tensor([1.0, 1.0], requires_grad=True)
+    out = w.before_backward(gradnorm_losses(theta), [theta], {"a": True, "b": True}, None)
+    assert out.dim() == 0
+    moved = name == "gradnorm"
+    assert (w.weights() != {"a": 1.0, "b": 1.0}) == moved
 
 
 def test_uncertainty_sync_gradients_averages():
@@ -161,3 +174,62 @@ def test_dwa_toy_sequence():
     restored = DWAWeighting(["a", "b"], {"b": 2.0})
     restored.load_state_dict(dwa.state_dict())
     torch.testing.assert_close(restored.lam, dwa.lam)
+
+
+class _TwoHeads(torch.nn.Module):
+    """x [B, 6] -> shared h = tanh(x A) [B, 4] -> per-task linear heads; MSE per task."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.shared = torch.nn.Linear(6, 4)
+        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(4, 1) for t in ("a", "b")})
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        h = torch.tanh(self.shared(x))
+        return {t: head(h).squeeze(-1) for t, head in self.heads.items()}
+
+
+def _gradnorm_batches(steps=4, batch=16):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(steps):
+        x = torch.randn(batch, 6, generator=g)
+        out.append((x, {"a": x[:, 0] * 2 + 0.1 * torch.randn(batch, generator=g), "b": x[:, 1] - x[:, 2]}))
+    return out
+
+
+def _gradnorm_train(rank, world, steps=4, batch=16):
+    """GradNorm + SGD on ``world`` ranks, rank r taking rows [r·B/world, (r+1)·B/world) of each batch."""
+    from ple_adatt.train.step import mean_all_reduce
+
+    model = _TwoHeads()
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    gn = GradNormWeighting(["a", "b"], {}, alpha=1.5, lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    part = batch // world
+    for x, y in _gradnorm_batches(steps, batch):
+        rows = slice(rank * part, (rank + 1) * part)
+        out = wrapped(x[rows])
+        losses = {t: ((out[t] - y[t][rows]) ** 2).mean() for t in out}
+        gn.before_backward(losses, list(model.shared.parameters()), None, mean_all_reduce(world))
+        weighted, _ = gn(losses)
+        opt.zero_grad()
+        sum(weighted.values()).backward()
+        opt.step()
+    del wrapped
+    return gn.log_lambda.clone()
+
+
+def test_gradnorm_two_gloo_processes_equal_one_process_on_the_global_batch():
+    """Issue 14: the global gradient norm (‖mean of rank gradients‖), not the mean of rank norms."""
+    from ddp_harness import spawn
+
+    single = _gradnorm_train(0, 1)
+    assert (single - single.mean()).abs().max() > 1e-2  # λ moved: the comparison is not vacuous
+    two = spawn(_gradnorm_train, 2, timeout=90)
+    torch.testing.assert_close(two[0], two[1], rtol=0, atol=0)
+    torch.testing.assert_close(two[0], single, rtol=0, atol=1e-5)

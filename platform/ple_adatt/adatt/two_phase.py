@@ -11,6 +11,9 @@ How the loop switches (one Ray Train run, both phases):
    warmup 2 epochs then cosine, no restarts), a fresh GradScaler; reset early stopping.
 4. Record the training phase in every checkpoint; on resume in phase 2 repeat 1–3 *before*
    loading the optimizer/scheduler state saved in phase 2.
+
+The platform's worker loop does this (and the CGC freeze at adaTT's frozen phase) through one
+mechanism, ``ple_adatt.train.trainable``; these helpers serve a hand-written loop.
 """
 from __future__ import annotations
 

@@ -17,9 +17,9 @@ from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import DataError, check_dataset, split_files
 from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
 from ple_adatt.launch.inference import to_tensors
-from ple_adatt.train.build import build_model, build_optimizer, build_scheduler
-from ple_adatt.losses.aggregate import aggregate_losses
-from ple_adatt.train.loop import affinity_target, build_adatt, build_weighting, task_losses, weighted_total
+from ple_adatt.train.build import build_adatt, build_model, build_optimizer, build_weighting
+from ple_adatt.train.step import Trainer
+from ple_adatt.train.trainable import TrainableSet, begin_epoch, phase_optimizer
 
 
 def load_train_tensors(cfg: ExperimentConfig, state) -> dict[str, torch.Tensor]:
@@ -30,28 +30,26 @@ def load_train_tensors(cfg: ExperimentConfig, state) -> dict[str, torch.Tensor]:
 
 
 def plain_loop(cfg: ExperimentConfig, state, epochs: int) -> list[float]:
-    """Reference: one process, tensors in memory, same model/optimizer/loss code as the worker loop."""
+    """Reference: one process, tensors in memory, the worker's own step (train/step.py: weighting,
+    adaTT, regularisers, finite check) and its phase-1 optimizer and schedule."""
     torch.manual_seed(cfg.train.seed)
     data = load_train_tensors(cfg, state)
     n, bs = len(next(iter(data.values()))), cfg.train.batch_size
     model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
-    opt = build_optimizer(cfg, model.parameters())
-    sched = build_scheduler(cfg, opt, epochs * -(-n // bs))
-    rates = []
-    for _ in range(epochs):
+    weighting, adatt = build_weighting(cfg), build_adatt(cfg)
+    opt, sched = phase_optimizer(cfg, model, weighting, adatt, 1, -(-n // bs))
+    trainer = Trainer(cfg, model, model, weighting, adatt, opt, sched)
+    trainable = TrainableSet(model, lambda m: m)  # one process: nothing to wrap
+    rates, step, phase = [], 0, 1
+    for epoch in range(epochs):
+        phase, _ = begin_epoch(trainer, trainable, epoch, phase, -(-n // bs))
         model.train()
         perm = torch.randperm(n)
         t0 = time.perf_counter()
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
-            batch = {k: v[idx] for k, v in data.items()}
-            total = weighted_total(cfg, task_losses(cfg, model(batch), batch))
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            sched.step()
+            trainer.step({k: v[idx] for k, v in data.items()}, step)
+            step += 1
         rates.append(n / (time.perf_counter() - t0))
     return rates
 
@@ -84,22 +82,13 @@ def adatt_step_times(cfg: ExperimentConfig, state, steps: int = 44) -> dict[str,
         weighting, adatt = build_weighting(c), build_adatt(c)
         extras = [m for m in (weighting, adatt) if m is not None]
         opt = build_optimizer(c, list(model.parameters()) + [p for m in extras for p in m.parameters()])
+        trainer = Trainer(c, model, model, weighting, adatt, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
         if adatt is not None:
             adatt.on_epoch_start(1, 3)  # 3-epoch schedule: epoch 1 is the dynamic phase
         times, cpu = [], []
         for step, batch in enumerate((batches * (steps // len(batches) + 1))[:steps]):
             t0, c0 = time.perf_counter(), time.process_time()
-            losses = task_losses(c, model(batch), batch)
-            present = {t: bool(batch[f"mask/{t}"].any()) for t in losses}
-            weighted, extra = weighting(losses, present)
-            transfer = None
-            if adatt is not None:
-                adatt.maybe_update_affinity(step, weighted, **affinity_target(c, model))
-                transfer = lambda w: adatt.transfer_losses(w, present)  # noqa: E731
-            total, _ = aggregate_losses(weighted, extra, transfer=transfer, **model.aux_losses())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
+            trainer.step(batch, step)
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
         skip = 4 if len(times) > 8 else 0  # first steps: warm-up

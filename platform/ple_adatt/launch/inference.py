@@ -21,8 +21,9 @@ from ple_adatt.data.files import check_dataset, split_files
 from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes
 from ple_adatt.train.build import build_model
 from ple_adatt.train.checkpoint import load_config_and_preprocess, load_state
-from ple_adatt.train.loop import predict_batches, validation_loss
+from ple_adatt.train.evaluate import predict_batches
 from ple_adatt.train.metrics import evaluate_predictions, sigmoid, softmax
+from ple_adatt.train.step import validation_loss
 
 SPLITS = ("train", "val", "test")
 

@@ -78,3 +78,7 @@ class HeteroPLE(nn.Module):
     def phase2_frozen_prefixes(self) -> list[str]:
         """Phase 2 freezes the shared experts and the CGC gate (spec §8.1)."""
         return ["shared.experts.", "shared.attention.", "shared.layers."]
+
+    def adatt_frozen_prefixes(self) -> list[str]:
+        """adaTT's FROZEN phase freezes the CGC attention gate with it (spec §7.7; train/trainable.py)."""
+        return ["shared.attention."] if self.shared.attention is not None else []

@@ -1,4 +1,4 @@
-"""Baseline multi-task family: single-task, shared-bottom, MMoE and PLE (CGC levels, MLP experts).
+"""Baseline multi-task family: single-task, shared-bottom, MMoE and PLE (CGCLayer levels, MLP experts).
 
 Notation: B batch, T tasks, E experts, D width. Every model maps a batch dict to a dict of
 per-task logits (binary/regression [B], multiclass/contrastive [B, C]) and shares the same
@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ple_adatt.model.towers import TaskTower
-from ple_adatt.model.towers import mlp_blocks as mlp
+from ple_adatt.model.gates import CGCLayer
+from ple_adatt.model.layers import mlp
 
 
 class InputEncoder(nn.Module):
@@ -106,7 +107,7 @@ class SharedBottom(nn.Module):
 
     def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], dropout: float):
         super().__init__()
-        self.bottom, self.tasks, self.out_dim = mlp(in_dim, hidden, dropout), tasks, hidden[-1]
+        self.bottom, self.tasks, self.out_dim = mlp(in_dim, hidden, dropout=dropout), tasks, hidden[-1]
 
     def shared_parameters(self):
         return self.bottom.parameters()
@@ -124,7 +125,7 @@ class SingleTask(nn.Module):
 
     def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], dropout: float):
         super().__init__()
-        self.nets = nn.ModuleDict({t: mlp(in_dim, hidden, dropout) for t in tasks})
+        self.nets = nn.ModuleDict({t: mlp(in_dim, hidden, dropout=dropout) for t in tasks})
         self.out_dim = hidden[-1]
 
     def shared_parameters(self):
@@ -142,7 +143,7 @@ class MMoE(nn.Module):
 
     def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], num_experts: int, dropout: float):
         super().__init__()
-        self.experts = nn.ModuleList(mlp(in_dim, hidden, dropout) for _ in range(num_experts))
+        self.experts = nn.ModuleList(mlp(in_dim, hidden, dropout=dropout) for _ in range(num_experts))
         self.gates = nn.ModuleDict({t: ExpertGate(in_dim, num_experts) for t in tasks})
         self.out_dim = hidden[-1]
 
@@ -157,44 +158,20 @@ class MMoE(nn.Module):
         return {t: g(x, e) for t, g in self.gates.items()}
 
 
-class CGCLevel(nn.Module):
-    """One PLE extraction level (Tang et al., RecSys 2020): shared + task-specific experts.
-
-    Inputs per task and a shared input (level 1: all equal x). Each task gate mixes its own
-    experts with the shared ones; the shared gate (all experts) feeds the next level.
-    """
-
-    def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], n_shared: int, n_task: int,
-                 dropout: float, with_shared_gate: bool):
-        super().__init__()
-        self.shared = nn.ModuleList(mlp(in_dim, hidden, dropout) for _ in range(n_shared))
-        self.task_experts = nn.ModuleDict({t: nn.ModuleList(mlp(in_dim, hidden, dropout) for _ in range(n_task))
-                                           for t in tasks})
-        self.gates = nn.ModuleDict({t: ExpertGate(in_dim, n_shared + n_task) for t in tasks})
-        self.shared_gate = ExpertGate(in_dim, n_shared + n_task * len(tasks)) if with_shared_gate else None
-        self.out_dim = hidden[-1]
-
-    def forward(self, xs: dict[str, torch.Tensor], x_shared: torch.Tensor):
-        shared = [f(x_shared) for f in self.shared]  # E_s x [B, D]
-        own = {t: [f(xs[t]) for f in fs] for t, fs in self.task_experts.items()}
-        out = {t: g(xs[t], torch.stack(own[t] + shared, dim=1)) for t, g in self.gates.items()}  # [B, D]
-        if self.shared_gate is None:
-            return out, None
-        everything = shared + [e for t in self.task_experts for e in own[t]]
-        return out, self.shared_gate(x_shared, torch.stack(everything, dim=1))
-
-
 class PLE(nn.Module):
-    """Progressive layered extraction: `num_levels` CGC levels (1 level = CGC)."""
+    """Progressive layered extraction (Tang et al., RecSys 2020): `num_levels` CGC levels (1 level = CGC),
+    each the package's one PLE level (model/gates.py CGCLayer) with MLP experts of widths `hidden`.
+    Level i's task gate mixes the shared experts then the task's own; every level but the last has a
+    shared gate over all experts, which feeds the next level's shared experts."""
 
     def __init__(self, in_dim: int, hidden: list[int], tasks: list[str], n_shared: int, n_task: int,
                  num_levels: int, dropout: float):
         super().__init__()
         self.tasks = tasks
         self.levels = nn.ModuleList(
-            CGCLevel(in_dim if i == 0 else hidden[-1], hidden, tasks, n_shared, n_task, dropout,
-                     with_shared_gate=i < num_levels - 1)
-            for i in range(num_levels)
+            CGCLayer(d, tasks, expert_dim=hidden[-1], n_shared=n_shared, n_task=n_task, shared_gate=i < num_levels - 1,
+                     expert=lambda d=d: mlp(d, hidden, dropout=dropout))
+            for i, d in enumerate([in_dim] + [hidden[-1]] * (num_levels - 1))
         )
         self.out_dim = hidden[-1]
 
@@ -212,5 +189,6 @@ class PLE(nn.Module):
         return xs
 
     def gate_weights(self) -> dict[str, torch.Tensor]:
-        """Last batch's mean gate weight per task, final level: {task: [E]}."""
-        return {t: g.last_weights.mean(0) for t, g in self.levels[-1].gates.items() if g.last_weights is not None}
+        """Last batch's mean gate weight per task, final level: {task: [E]} (shared experts first)."""
+        w = self.levels[-1].gate_weights()  # [T, E] or None
+        return {} if w is None else dict(zip(self.levels[-1].tasks, w))

@@ -1,19 +1,18 @@
 """CGC gates: `CGCAttention` (per-task block re-weighting of the shared concat; the default gate) and
-`CGCLayer` (paper-exact PLE extraction level, Tang et al. 2020; stackable). Plus a gate heatmap helper.
+`CGCLayer` (paper-exact PLE extraction level, Tang et al. 2020; stackable). The heatmap: train/diagnostics.py.
 
 Shapes: B batch, T tasks, E expert blocks, D concat width, N experts a CGCLayer gate mixes.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .experts._io import mlp
+from .layers import mlp
 
 GATE_TYPES = ("softmax", "sigmoid")
 
@@ -175,12 +174,16 @@ class CGCLayer(nn.Module):
     heterogeneous experts, computed elsewhere) join the shared pool after a projection to expert_dim.
     With `shared_gate` (every level but the last) a shared gate over all experts produces the next
     level's shared input. Stack levels by feeding (task_out, shared_out) into the next layer
-    (in_dim = expert_dim).
+    (in_dim = expert_dim). The one PLE level of the package: the `ple` baseline stacks it too, with
+    `expert` building its MLP experts (model/baselines.py PLE).
+
+    expert: () -> module [B, in_dim] -> [B, expert_dim] (default: `mlp(in_dim, hidden, expert_dim, dropout)`).
     """
 
     def __init__(self, in_dim: int, tasks: Sequence[str], expert_dim: int = 64, n_shared: int = 1, n_task: int = 1,
                  hidden: Sequence[int] = (128,), dropout: float = 0.1, shared_gate: bool = False,
-                 external_dims: Sequence[int] = (), external_names: Sequence[str] | None = None, gate_type: str = "softmax"):
+                 external_dims: Sequence[int] = (), external_names: Sequence[str] | None = None, gate_type: str = "softmax",
+                 expert: Callable[[], nn.Module] | None = None):
         super().__init__()
         if gate_type not in GATE_TYPES:
             raise ValueError(f"gate_type: '{gate_type}' is not one of {list(GATE_TYPES)}")
@@ -190,9 +193,9 @@ class CGCLayer(nn.Module):
             raise ValueError("CGCLayer needs at least one expert")
         self.external_proj = nn.ModuleList(nn.Identity() if d == expert_dim else nn.Linear(d, expert_dim)
                                            for d in external_dims)
-        self.shared = nn.ModuleList(mlp(in_dim, hidden, expert_dim, dropout) for _ in range(n_shared))
-        self.task_experts = nn.ModuleDict({t: nn.ModuleList(mlp(in_dim, hidden, expert_dim, dropout) for _ in range(n_task))
-                                           for t in self.tasks})
+        expert = expert or (lambda: mlp(in_dim, hidden, expert_dim, dropout))
+        self.shared = nn.ModuleList(expert() for _ in range(n_shared))
+        self.task_experts = nn.ModuleDict({t: nn.ModuleList(expert() for _ in range(n_task)) for t in self.tasks})
         n_gate = self.n_external + n_shared + n_task
         self.gates = nn.ModuleDict({t: nn.Linear(in_dim, n_gate) for t in self.tasks})
         n_all = self.n_external + n_shared + n_task * len(self.tasks)
@@ -226,31 +229,3 @@ class CGCLayer(nn.Module):
     def gate_weights(self) -> Tensor | None:
         """Batch-mean task gates of the last forward, detached [T, N] (columns: `expert_labels`)."""
         return None if self.last_weights is None else self.last_weights.detach().mean(0)
-
-
-def plot_gate_heatmap(weights: Tensor, task_labels: Sequence[str], expert_labels: Sequence[str], path: str | Path,
-                      title: str = "CGC gate weights") -> Path:
-    """Write a tasks x experts heatmap PNG (matplotlib, Agg) of `weights` [T, E]; returns the path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    w = torch.as_tensor(weights).detach().float().cpu().numpy()
-    if w.shape != (len(task_labels), len(expert_labels)):
-        raise ValueError(f"weights {list(w.shape)} do not match {len(task_labels)} tasks x {len(expert_labels)} experts")
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * w.shape[1], 1.0 + 0.4 * w.shape[0]))
-    im = ax.imshow(w, cmap="viridis", aspect="auto", vmin=0.0, vmax=max(float(w.max()), 1e-6))
-    ax.set_xticks(range(w.shape[1]), expert_labels, rotation=45, ha="right")
-    ax.set_yticks(range(w.shape[0]), task_labels)
-    for i in range(w.shape[0]):
-        for j in range(w.shape[1]):
-            ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if w[i, j] < 0.6 * w.max() else "black")
-    fig.colorbar(im, ax=ax)
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

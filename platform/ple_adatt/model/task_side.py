@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ple_adatt.model.towers import activate, mlp_blocks
+from ple_adatt.model.layers import mlp
+from ple_adatt.model.towers import activate
 
 
 def _cluster_embedding(
@@ -85,7 +86,7 @@ class GroupTaskExpertBasket(nn.Module):
         c = cluster_dim if n_clusters > 0 else 0
         self.encoders = nn.ModuleDict(
             {
-                g: mlp_blocks(next(iter(d.values())) + hmm_dim + c, [*hidden_dims, out_dim], dropout)
+                g: mlp(next(iter(d.values())) + hmm_dim + c, [*hidden_dims, out_dim], dropout=dropout)
                 for g, d in widths.items()
             }
         )
@@ -151,7 +152,7 @@ class ClusterTaskExpertBasket(nn.Module):
         self.n_clusters = n_clusters
         self.experts = nn.ModuleDict(
             {
-                t: nn.ModuleList(mlp_blocks(d + hmm_dim, [*hidden_dims, out_dim], dropout) for _ in range(n_clusters))
+                t: nn.ModuleList(mlp(d + hmm_dim, [*hidden_dims, out_dim], dropout=dropout) for _ in range(n_clusters))
                 for t, d in task_dims.items()
             }
         )

@@ -12,19 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ple_adatt.model.layers import mlp
+
 TASK_TYPES = ("binary", "multiclass", "regression", "contrastive")
-
-
-def mlp_blocks(in_dim: int, dims: Sequence[int], dropout: float) -> nn.Sequential:
-    """Stack of Linear -> LayerNorm -> SiLU -> Dropout blocks: [B, in_dim] -> [B, dims[-1]].
-
-    Shared by towers and the group encoder so both use the same block (spec §5.1, §5.3).
-    """
-    layers: list[nn.Module] = []
-    for out_dim in dims:
-        layers += [nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim), nn.SiLU(), nn.Dropout(dropout)]
-        in_dim = out_dim
-    return nn.Sequential(*layers)
 
 
 def activate(task_type: str, logits: torch.Tensor) -> torch.Tensor:
@@ -53,7 +43,7 @@ class TaskTower(nn.Module):
         super().__init__()
         if out_dim < 1:
             raise ValueError(f"TaskTower out_dim must be >= 1, got {out_dim}")
-        self.body = mlp_blocks(in_dim, hidden_dims, dropout)
+        self.body = mlp(in_dim, hidden_dims, dropout=dropout)
         self.head = nn.Linear(hidden_dims[-1] if hidden_dims else in_dim, out_dim)
         self.out_dim = out_dim
 
@@ -89,7 +79,7 @@ class ContrastiveTower(nn.Module):
         super().__init__()
         if tau <= 0:
             raise ValueError(f"ContrastiveTower tau must be > 0, got {tau}")
-        self.body = mlp_blocks(in_dim, hidden_dims, dropout)
+        self.body = mlp(in_dim, hidden_dims, dropout=dropout)
         self.proj = nn.Linear(hidden_dims[-1] if hidden_dims else in_dim, embed_dim)
         self.table = nn.Parameter(torch.randn(num_items, embed_dim) / embed_dim**0.5)
         self.tau = tau

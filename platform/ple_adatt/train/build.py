@@ -1,13 +1,17 @@
-"""The one place that reads the model/optimizer config and builds torch objects from it."""
+"""The one place that reads the model/optimizer config and builds torch objects from it: the model,
+the loss weighting, adaTT, the optimizer and its schedule."""
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 
 from torch import nn
 
+from ple_adatt.adatt import AdaTT
 from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.losses.weighting import WEIGHTINGS
 from ple_adatt.model.assembly import HeteroPLE
 from ple_adatt.model.baselines import MMoE, PLE, InputEncoder, MultiTaskModel, SharedBottom, SingleTask, Towers
 from ple_adatt.model.shared_side import build_shared_extractor
@@ -109,3 +113,42 @@ def build_scheduler(cfg: ExperimentConfig, optimizer, total_steps: int) -> torch
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_weighting(cfg: ExperimentConfig) -> torch.nn.Module:
+    tasks = cfg.task_names()
+    return WEIGHTINGS[cfg.loss_weighting.name](tasks, {t: cfg.task_settings(t).weight for t in tasks},
+                                               **cfg.weighting_params())
+
+
+def build_adatt(cfg: ExperimentConfig) -> AdaTT | None:
+    if not cfg.adatt.enabled:
+        return None
+    a, tasks = cfg.adatt, cfg.task_names()
+    return AdaTT(tasks, task_groups={t: cfg.dataset.task(t).group for t in tasks},
+                 intra_strength=dict(a.intra_strength), inter_strength=a.inter_strength,
+                 transfer_lambda=a.transfer_lambda, temperature=a.temperature, ema_decay=a.ema_decay,
+                 neg_threshold=a.neg_threshold, max_transfer_ratio=a.max_transfer_ratio,
+                 grad_interval=a.grad_interval, prior_blend_start=a.prior_blend_start,
+                 prior_blend_end=a.prior_blend_end, warmup_fraction=a.warmup_fraction,
+                 freeze_fraction=a.freeze_fraction)
+
+
+def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, extras: list[torch.nn.Module], lr: float,
+                   total_steps: int, frozen: Collection[str] = ()):
+    """AdamW over the model's parameters not named in ``frozen`` (per-expert lr/wd groups for
+    ple_hetero) + extras without weight decay (uncertainty log-variances, adaTT's W), and its
+    warmup/cosine schedule. ``frozen``: train/trainable.py's set for the training phase."""
+    trainable = [p for n, p in model.named_parameters() if n not in frozen]
+    keep = {id(p) for p in trainable}
+    if hasattr(model, "shared") and (cfg.model.experts.lr or cfg.model.experts.weight_decay):
+        groups = [dict(g, params=[p for p in g["params"] if id(p) in keep]) for g in model.shared.param_groups(
+            cfg.model.experts.lr, cfg.model.experts.weight_decay, lr, cfg.train.weight_decay)]
+        in_shared = {id(p) for p in model.shared.parameters()}
+        groups.append({"params": [p for p in trainable if id(p) not in in_shared]})
+    else:
+        groups = [{"params": trainable}]
+    groups.append({"params": [p for m in extras for p in m.parameters()], "weight_decay": 0.0})
+    optimizer = build_optimizer(cfg, [g for g in groups if g["params"]], lr)
+    return optimizer, build_scheduler(cfg, optimizer, total_steps)
+

@@ -3,9 +3,11 @@
 Every strategy: ``Strategy(task_names, task_weights, **hyperparams)``;
 ``forward(losses, present) -> (weighted: task -> Tensor, extra: Tensor)``;
 ``weights() -> task -> float`` (effective multipliers, for logging); ``on_epoch_end(means)``;
+``before_backward(losses, shared_params, present, all_reduce_mean)`` (every step, before the
+forward weighting and the backward; GradNorm moves λ here, a no-op for the others);
 ``sync_gradients(all_reduce_mean)`` (after backward, before the optimizer step; a no-op where
-there is no parameter). GradNorm adds ``gradnorm_step(losses, shared_params, present,
-all_reduce_mean)``. Loop contract: docs/model-task-side.md.
+there is no parameter). The loop calls every hook on every strategy and never names one
+(train/step.py). Loop contract: docs/model-task-side.md.
 """
 from ple_adatt.losses.weighting.dwa import DWAWeighting
 from ple_adatt.losses.weighting.fixed import FixedWeighting

@@ -8,7 +8,7 @@ with L̄ the epoch-mean loss and λ_k = 1 for the first two epochs. This is the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -44,6 +44,12 @@ class DWAWeighting(nn.Module):
         idx = {t: i for i, t in enumerate(self.task_names)}
         weighted = {t: lam[idx[t]] * losses[t] for t in present_tasks(self.task_names, losses, present)}
         return weighted, lam.new_zeros(())
+
+    def before_backward(self, losses: Mapping[str, torch.Tensor], shared_params: Iterable[torch.Tensor],
+                        present: Mapping[str, bool] | None = None,
+                        all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """No per-step update: λ moves in ``on_epoch_end``. Returns a 0-dim zero."""
+        return self.w.new_zeros(())
 
     @torch.no_grad()
     def on_epoch_end(self, epoch_mean_losses: Mapping[str, float]) -> None:

@@ -2,7 +2,7 @@
 Learning", Machine Learning 28, 1997; no learned state)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +28,12 @@ class FixedWeighting(nn.Module):
 
     def weights(self) -> dict[str, float]:
         return dict(zip(self.task_names, self.w.tolist()))
+
+    def before_backward(self, losses: Mapping[str, torch.Tensor], shared_params: Iterable[torch.Tensor],
+                        present: Mapping[str, bool] | None = None,
+                        all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """No per-step state. Returns a 0-dim zero."""
+        return self.w.new_zeros(())
 
     def on_epoch_end(self, epoch_mean_losses: Mapping[str, float]) -> None:
         """No epoch state."""

@@ -22,21 +22,21 @@ from ple_adatt.losses.weighting._common import fixed_weights, present_tasks
 
 class GradNormWeighting(nn.Module):
     """Loss weighting by gradient-norm balancing. All state is buffers (log λ, L(0), step),
-    updated only by ``gradnorm_step`` from all-reduced quantities, so ranks stay identical.
+    updated only by ``before_backward`` from all-reduced quantities, so ranks stay identical.
 
     Training-loop contract, every step::
 
-        weighted, extra = weighting(losses, present)      # uses the current λ (no grad to λ)
+        weighting.before_backward(losses, shared_params, present, all_reduce_mean=f)  # λ moves
+        weighted, extra = weighting(losses, present)      # uses the new λ (no grad to λ)
         total, terms = aggregate_losses(weighted, extra, ...)
-        weighting.gradnorm_step(losses, shared_params, present, all_reduce_mean=f)
         total.backward(); optimizer.step()
 
-    ``gradnorm_step`` must run before ``total.backward()`` (it differentiates the same graph
+    ``before_backward`` must run before ``total.backward()`` (it differentiates the same graph
     with ``retain_graph=True``). ``shared_params``: the last shared layer's weights (the
     paper's choice, cheapest: one extra backward per task) or all shared-expert parameters,
     taken from the unwrapped module so DDP's reducer is not triggered. ``all_reduce_mean``:
-    averages a tensor over ranks (the same callable adaTT takes); None on one process. Only
-    ratios of the reduced [3, T] statistics are used, so a SUM all-reduce works as well.
+    averages a tensor over ranks (the same callable adaTT takes); None on one process. It
+    reduces a [T, P + 2] tensor (P shared parameters) once per measured step.
     """
 
     def __init__(
@@ -67,7 +67,7 @@ class GradNormWeighting(nn.Module):
         weighted = {t: lam[idx[t]] * losses[t] for t in present_tasks(self.task_names, losses, present)}
         return weighted, lam.new_zeros(())
 
-    def gradnorm_step(
+    def before_backward(
         self,
         losses: Mapping[str, torch.Tensor],
         shared_params: Iterable[torch.Tensor],
@@ -78,26 +78,36 @@ class GradNormWeighting(nn.Module):
 
         Returns L_grad (0-dim, detached) for logging; 0 on steps skipped by ``interval``.
         Every rank must call it on every step (it all-reduces when ``all_reduce_mean`` is given).
+
+        DDP: G_k is the norm of the GLOBAL gradient of L_k, the mean over ranks of the per-rank
+        gradients (a rank without the task contributes zero, exactly as in the gradient DDP
+        applies), not a mean of per-rank norms; L_k is the mean over the ranks that saw the task.
+        On one process on the global batch this gives the same λ (equal labelled rows per rank).
         """
         self.step += 1
         if int(self.step) % self.interval:
             return self.log_lambda.new_zeros(())
         params = [p for p in shared_params if p.requires_grad]
         idx = {t: i for i, t in enumerate(self.task_names)}
-        stats = self.log_lambda.new_zeros(3, len(self.task_names))  # rows: loss sum, grad-norm sum, count
+        n_params = sum(p.numel() for p in params)
+        # Row k: [flattened ∇_θ L_k (P) | L_k | seen]; one all-reduce for all of it.
+        rows = self.log_lambda.new_zeros(len(self.task_names), n_params + 2)
         for t in present_tasks(self.task_names, losses, present):
             grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
-            sq = sum(g.pow(2).sum() for g in grads if g is not None)
-            gnorm = torch.as_tensor(sq, dtype=stats.dtype, device=stats.device).sqrt()
-            stats[:, idx[t]] = torch.stack([losses[t].detach().to(stats.dtype), gnorm, stats.new_ones(())])
+            flat = [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
+            if flat:
+                rows[idx[t], :n_params] = torch.cat(flat).to(rows.dtype)
+            rows[idx[t], n_params] = losses[t].detach().to(rows.dtype)
+            rows[idx[t], n_params + 1] = 1.0
         if all_reduce_mean is not None:
-            stats = all_reduce_mean(stats)  # rows become rank averages; their ratios are global
-        active = stats[2] > 0
+            rows = all_reduce_mean(rows)  # gradients: the DDP mean; loss and seen: rank means (ratios are global)
+        seen = rows[:, n_params + 1]
+        active = seen > 0
         if not active.any():
-            return stats.new_zeros(())
-        # Mean over the ranks that saw the task (counts are fractions after a mean all-reduce).
-        count = torch.where(active, stats[2], torch.ones_like(stats[2]))
-        loss, gnorm = stats[0] / count, stats[1] / count
+            return rows.new_zeros(())
+        # Loss: mean over the ranks that saw the task (seen is a fraction after a mean all-reduce).
+        loss = rows[:, n_params] / torch.where(active, seen, torch.ones_like(seen))
+        gnorm = rows[:, :n_params].norm(dim=1)
         first = active & self.initial_loss.isnan()
         self.initial_loss[first] = loss[first]
         rate = loss[active] / self.initial_loss[active].clamp(min=1e-12)
@@ -121,4 +131,4 @@ class GradNormWeighting(nn.Module):
         """No epoch state: λ moves per step."""
 
     def sync_gradients(self, all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
-        """Nothing to sync: λ is a buffer updated identically on every rank by ``gradnorm_step``."""
+        """Nothing to sync: λ is a buffer updated identically on every rank by ``before_backward``."""

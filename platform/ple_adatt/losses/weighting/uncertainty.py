@@ -7,7 +7,7 @@ spec never binds inside that range (exp(±4) ∈ [0.018, 54.6]), so it is not re
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +55,12 @@ class UncertaintyWeighting(nn.Module):
 
     def log_variances(self) -> dict[str, float]:
         return dict(zip(self.task_names, self.log_vars.detach().clamp(*self.clamp).tolist()))
+
+    def before_backward(self, losses: Mapping[str, torch.Tensor], shared_params: Iterable[torch.Tensor],
+                        present: Mapping[str, bool] | None = None,
+                        all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """No per-step update: s_k is learned by the optimizer. Returns a 0-dim zero."""
+        return self.w.new_zeros(())
 
     def on_epoch_end(self, epoch_mean_losses: Mapping[str, float]) -> None:
         """No epoch state: s_k is learned by the optimizer."""

@@ -61,20 +61,6 @@ def zeros_out(batch: Batch, out_dim: int) -> Tensor:
     return torch.zeros(batch_size(batch), out_dim, device=batch_device(batch))
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0,
-        act: type[nn.Module] = nn.SiLU, out_norm: bool = True) -> nn.Sequential:
-    """Linear-LN-act-dropout per hidden width, then Linear(-> out_dim) (+ LayerNorm if out_norm)."""
-    layers: list[nn.Module] = []
-    d = in_dim
-    for h in hidden:
-        layers += [nn.Linear(d, h), nn.LayerNorm(h), act(), nn.Dropout(dropout)]
-        d = h
-    layers.append(nn.Linear(d, out_dim))
-    if out_norm:
-        layers.append(nn.LayerNorm(out_dim))
-    return nn.Sequential(*layers)
-
-
 class CatEmbedding(nn.Module):
     """All categorical columns of the routed groups in one table (per-column offsets).
 

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._io import Batch, FlatInput, any_present, mlp, zeros_out
+from ..layers import mlp
+from ._io import Batch, FlatInput, any_present, zeros_out
 
 
 def dag_acyclicity(w: Tensor) -> Tensor:

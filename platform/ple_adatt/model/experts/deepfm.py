@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._io import Batch, CatEmbedding, any_present, mlp, read_float, zeros_out
+from ..layers import mlp
+from ._io import Batch, CatEmbedding, any_present, read_float, zeros_out
 
 
 class DeepFMExpert(nn.Module):

@@ -5,7 +5,8 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from ._io import Batch, FlatInput, any_present, mlp, zeros_out
+from ..layers import mlp
+from ._io import Batch, FlatInput, any_present, zeros_out
 
 
 class MLPExpert(nn.Module):

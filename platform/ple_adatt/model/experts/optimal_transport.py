@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._io import Batch, FlatInput, any_present, mlp, zeros_out
+from ..layers import mlp
+from ._io import Batch, FlatInput, any_present, zeros_out
 
 
 def _lse_matmul(x: Tensor, log_k: Tensor) -> Tensor:

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._io import Batch, any_present, mlp, read_float, zeros_out
+from ..layers import mlp
+from ._io import Batch, any_present, read_float, zeros_out
 
 
 class RationalHat(nn.Module):

@@ -1,4 +1,6 @@
-"""Step-time overhead of adaTT on a toy multi-task MoE (for jobs/benchmark.py; ratios from one run).
+"""A toy multi-task MoE for adaTT's unit tests, and adaTT's step-time overhead on it (docs/adatt.md,
+"Cost on a toy model": ``PYTHONPATH=platform python tests/toy_multitask.py --threads 1``). Not part
+of the library: the platform's own overhead figures come from launch/benchmark.py on the real model.
 
 Notation: B batch, F input features, E shared experts, D expert width, T tasks.
 """
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import AdaTT
+from ple_adatt.adatt import AdaTT
 
 
 class ToyMultiTask(nn.Module):
