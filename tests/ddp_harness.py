@@ -87,9 +87,15 @@ def _snapshot(trainer) -> torch.Tensor:
     return torch.cat([t.detach().double().reshape(-1) for t in tensors])
 
 
-def train_rank(rank: int, world: int, cfg, state, data: dict, batch_per_rank: int, steps_per_epoch: int) -> dict:
+def train_rank(rank: int, world: int, cfg, state, data: dict, batch_per_rank: int, steps_per_epoch: int,
+               checkpoints: str | None = None, stop_after: int | None = None, resume: str | None = None) -> dict:
     """The worker loop's training part on one rank (train/loop.py without Ray Data, validation,
-    reporting). Returns {"phase", "adatt_phase", "frozen", "state"} lists, one entry per epoch."""
+    reporting). Returns {"phase", "adatt_phase", "frozen", "state"} lists, one entry per epoch run.
+
+    checkpoints: a folder where rank 0 writes the worker's real checkpoint (train/checkpoint.py)
+    after every epoch (``epoch_0003``...); stop_after: end the run after that epoch's checkpoint
+    (a kill); resume: a checkpoint folder to restart from, through the worker's own
+    ``restore_checkpoint`` and epoch-start transition."""
     from torch.nn.parallel import DistributedDataParallel
 
     from ple_adatt.data.preprocess import input_shapes
@@ -106,8 +112,14 @@ def train_rank(rank: int, world: int, cfg, state, data: dict, batch_per_rank: in
     n = len(next(iter(data.values())))
     global_batch = batch_per_rank * world
     out = {"phase": [], "adatt_phase": [], "frozen": [], "state": [], "skipped": 0}
-    phase, step = 1, 0
-    for epoch in range(cfg.total_epochs()):
+    phase, step, start, history = 1, 0, 0, []
+    if resume is not None:
+        from ple_adatt.train.checkpoint import load_state
+        from ple_adatt.train.loop import restore_checkpoint
+
+        phase, start, history = restore_checkpoint(trainer, load_state(resume), steps_per_epoch)
+        step = start * steps_per_epoch
+    for epoch in range(start, cfg.total_epochs()):
         phase, _ = begin_epoch(trainer, trainable, epoch, phase, steps_per_epoch)
         torch.manual_seed(cfg.train.seed + 1000 * (epoch + 1) + rank)  # as the worker: dropout per epoch
         trainer.model.train()
@@ -128,8 +140,27 @@ def train_rank(rank: int, world: int, cfg, state, data: dict, batch_per_rank: in
         out["adatt_phase"].append(adatt.phase.name if adatt is not None else None)
         out["frozen"].append(sorted(trainable.frozen))
         out["state"].append(_snapshot(trainer))
+        if checkpoints is not None:
+            _save(rank, world, trainer, cfg, state, phase, epoch, history, checkpoints)
+        if epoch == stop_after:
+            break
     del trainer, trainable  # the DDP wrapper goes before the process group
     return out
+
+
+def _save(rank, world, trainer, cfg, state, phase, epoch, history, folder) -> None:
+    """Rank 0 writes the checkpoint the Ray worker would (same contents); every rank waits for it."""
+    from ple_adatt.train.checkpoint import save_checkpoint
+
+    history.append({"epoch": epoch, "phase": phase})
+    if rank == 0:
+        extra = {"weighting": trainer.weighting.state_dict(), "phase": phase,
+                 "adatt": trainer.adatt.state_dict() if trainer.adatt is not None else None}
+        save_checkpoint(Path(folder) / f"epoch_{epoch:04d}", model=trainer.raw_model, optimizer=trainer.optimizer,
+                        scheduler=trainer.scheduler, scaler=None, epoch=epoch, history=history, cfg=cfg,
+                        preprocess=state, extra=extra)
+    if world > 1:
+        dist.barrier()
 
 
 def in_sync(ranks: list[dict]) -> list[bool]:
@@ -139,8 +170,11 @@ def in_sync(ranks: list[dict]) -> list[bool]:
 
 
 def run_ranks(overrides: list[str], dataset: Path | str, world: int = 2, batch_per_rank: int = 16,
-              steps_per_epoch: int = 2, timeout: float = 120.0) -> list[dict]:
-    """Train configs/smoke/tiny.yaml + ``overrides`` on ``world`` gloo ranks; see the module docstring."""
+              steps_per_epoch: int = 2, timeout: float = 120.0, checkpoints: str | None = None,
+              stop_after: int | None = None, resume: str | None = None) -> list[dict]:
+    """Train configs/smoke/tiny.yaml + ``overrides`` on ``world`` gloo ranks; see the module docstring
+    and ``train_rank`` for the checkpoint / kill / resume arguments."""
     rows = batch_per_rank * world * steps_per_epoch * 2
     cfg, state, data = load_setup(dataset, overrides, rows)
-    return spawn(train_rank, world, cfg, state, data, batch_per_rank, steps_per_epoch, timeout=timeout)
+    return spawn(train_rank, world, cfg, state, data, batch_per_rank, steps_per_epoch, checkpoints, stop_after,
+                 resume, timeout=timeout)

@@ -121,6 +121,18 @@ def test_gradnorm_interval_identical_ranks_and_checkpoint():
     assert int(restored.step) == 2
 
 
+def test_gradnorm_keeps_its_weights_when_the_shared_side_is_frozen():
+    """Two-phase training's phase 2 freezes every shared parameter: λ stays (found by the 2-rank matrix,
+    where autograd.grad raised on an empty parameter list)."""
+    gn = GradNormWeighting(["a", "b"], {}, lr=0.1)
+    theta = torch.tensor([1.0, 1.0], requires_grad=True)
+    gn.before_backward(gradnorm_losses(theta), [theta])
+    before = gn.log_lambda.clone()
+    frozen = torch.tensor([1.0, 1.0])
+    assert gn.before_backward(gradnorm_losses(theta), [frozen]).item() == 0.0
+    torch.testing.assert_close(gn.log_lambda, before)
+
+
 def test_gradnorm_uses_the_norm_of_the_mean_gradient():
     # This rank: L = (2θ₀, θ₁), ∇L_a = (2, 0), ∇L_b = (0, 1). Other rank: task a only, L_a = 4,
     # ∇L_a = (4, 0); b absent (zero gradient, as DDP sees it). Rows: [∇L (P=2) | L | seen].

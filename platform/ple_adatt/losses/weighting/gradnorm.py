@@ -88,6 +88,8 @@ class GradNormWeighting(nn.Module):
         if int(self.step) % self.interval:
             return self.log_lambda.new_zeros(())
         params = [p for p in shared_params if p.requires_grad]
+        if not params:  # two-phase training's phase 2 froze the shared side: nothing to balance, λ stays
+            return self.log_lambda.new_zeros(())
         idx = {t: i for i, t in enumerate(self.task_names)}
         n_params = sum(p.numel() for p in params)
         # Row k: [flattened ∇_θ L_k (P) | L_k | seen]; one all-reduce for all of it.
