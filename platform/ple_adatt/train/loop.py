@@ -28,7 +28,7 @@ from ple_adatt.losses.aggregate import aggregate_losses
 from ple_adatt.losses.task_losses import TASK_LOSSES
 from ple_adatt.losses.weighting import WEIGHTINGS
 from ple_adatt.tracking.mlflow_tracking import make_logger
-from ple_adatt.train.build import build_model, build_optimizer, build_scheduler
+from ple_adatt.train.build import build_model, build_optimizer, build_scheduler, set_schedule_position
 from ple_adatt.train.checkpoint import load_state, save_checkpoint
 from ple_adatt.train.metrics import evaluate_predictions
 
@@ -272,8 +272,12 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         start_epoch, history = saved["epoch"] + 1, saved["history"]
+        saved_world = saved["extra"].get("world_size", world)
+        if saved_world != world:  # elastic restart / relaunch at another scale: steps per epoch changed
+            set_schedule_position(scheduler, (start_epoch - (phase1_epochs if phase == 2 else 0)) * steps_per_epoch)
         if rank == 0:
-            print(f"[ple-adatt] resumed from checkpoint after epoch {saved['epoch']} (phase {phase})", flush=True)
+            print(f"[ple-adatt] resumed from checkpoint after epoch {saved['epoch']} (phase {phase}) on "
+                  f"{world} worker(s); the checkpoint was written by {saved_world}", flush=True)
     model = ray.train.torch.prepare_model(raw_model)
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -368,7 +372,8 @@ def train_loop_per_worker(config: dict) -> None:
             preds = merge_predictions(gathered) if rank == 0 else {}
         sums = _all_reduce_sum([n_rows, n_batches, skipped_total] + [loss_sums[t] for t in tasks], world)
         g_rows, g_batches, g_skipped = sums[0], max(1.0, sums[1]), sums[2]
-        metrics = {"epoch": epoch, "phase": phase, "train/samples_per_s": g_rows / max(train_time, 1e-9),
+        metrics = {"epoch": epoch, "phase": phase, "world_size": world,
+                   "train/samples_per_s": g_rows / max(train_time, 1e-9),
                    "train/skipped_nonfinite_batches": g_skipped,
                    "train/loss": sum(cfg.task_settings(t).weight * s for t, s in zip(tasks, sums[3:])) / g_batches,
                    "lr": scheduler.get_last_lr()[0]}
@@ -397,7 +402,7 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                extra_state = {"weighting": weighting.state_dict(), "phase": phase,
+                extra_state = {"weighting": weighting.state_dict(), "phase": phase, "world_size": world,
                                "adatt": adatt.state_dict() if adatt is not None else None}
                 save_checkpoint(tmp, model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=None,
                                 epoch=epoch, history=history, cfg=cfg, preprocess=state, extra=extra_state)
