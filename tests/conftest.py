@@ -38,17 +38,31 @@ def census_dataset(tmp_path_factory) -> Path:
                           out_dir=tmp_path_factory.mktemp("census") / "census")
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the whole integration tier: 4 logical CPUs so 2 train workers leave room
-    for Ray Data and a Tune driver on the 2-core CI machine; capped object store."""
-    import ray
-
+def ray_test_env() -> None:
+    """Environment of every Ray the tests start (Train workers inherit it from their node)."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
     # Ray's own Train tests poll the worker group faster than the default; each run ends sooner.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    ray.init(address="local", num_cpus=4, object_store_memory=300 * 1024**2,
-             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}})
+
+
+RAY_RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+
+
+def start_local_ray():
+    """The shared local Ray: 4 logical CPUs so 2 train workers leave room for Ray Data and a Tune
+    driver on the 2-core CI machine; capped object store."""
+    import ray
+
+    ray_test_env()
+    ray.init(address="local", num_cpus=4, object_store_memory=300 * 1024**2, runtime_env=RAY_RUNTIME_ENV)
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole integration tier (tests/integration/test_elastic.py runs its own
+    multi-node cluster and restores this one if it was up)."""
+    ray = start_local_ray()
     yield ray
     ray.shutdown()

@@ -6,7 +6,7 @@ import torch
 from ple_adatt.config.loading import load_config
 from ple_adatt.config.schema import MODEL_ARCHS
 from ple_adatt.data.preprocess import fit_preprocessing, input_shapes
-from ple_adatt.train.build import ARCHS, build_model, build_scheduler, build_optimizer
+from ple_adatt.train.build import ARCHS, build_model, build_scheduler, build_optimizer, set_schedule_position
 
 
 def test_arch_registry_matches_schema():
@@ -57,3 +57,33 @@ def test_warmup_cosine_schedule(tiny_dataset):
         sched.step()
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[55] == pytest.approx(0.5, abs=0.02) and lrs[-1] < 0.01
+
+
+def test_schedule_follows_a_world_size_change_at_an_epoch_boundary(tiny_dataset):
+    """2 workers (3 steps/epoch) checkpoint after 2 of 4 epochs; 1 worker (6 steps/epoch) resumes:
+    from there the lr is exactly that of a run started on 1 worker."""
+    cfg = load_config("configs/smoke/tiny.yaml", [f"dataset={tiny_dataset}", "train.warmup_fraction=0.1"])
+
+    def sched(steps_per_epoch):
+        opt = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+        return opt, build_scheduler(cfg, opt, total_steps=4 * steps_per_epoch)
+
+    opt2, s2 = sched(3)
+    for _ in range(2 * 3):
+        opt2.step()
+        s2.step()
+    ref_opt, ref = sched(6)
+    for _ in range(2 * 6):
+        ref_opt.step()
+        ref.step()
+    opt1, s1 = sched(6)
+    opt1.load_state_dict(opt2.state_dict())
+    s1.load_state_dict(s2.state_dict())
+    assert s1.last_epoch == 6 and ref.last_epoch == 12  # as loaded, 2 epochs done would read as 1 of 4
+    set_schedule_position(s1, 2 * 6)
+    for _ in range(2 * 6):
+        assert opt1.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
+        assert s1.get_last_lr() == ref.get_last_lr()
+        for o, s in ((opt1, s1), (ref_opt, ref)):
+            o.step()
+            s.step()

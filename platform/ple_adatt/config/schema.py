@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from ple_adatt.config.dataset import DatasetSpec, ExpertName, Section
 
@@ -360,14 +360,38 @@ class TrainConfig(Section):
 
 
 class ScalingSection(Section):
-    num_workers: int = Field(1, ge=1)
-    """Data-parallel training workers (Ray Train, DDP)."""
+    num_workers: int | tuple[int, int] = 1
+    """Train workers: a fixed count, or [min, max] for elastic training. An elastic run starts once
+    `min` workers fit, grows towards `max` as resources appear (Ray checks every minute) and, when a
+    worker or its node is lost, restarts with the workers that still fit from its last checkpoint
+    (each restart counts against run.max_failures). Work done after that checkpoint is lost."""
     use_gpu: bool = False
     """Give each worker a GPU (and autocast with bf16 when train.amp is auto)."""
     cpus_per_worker: float = Field(1.0, gt=0.0)
     """CPUs reserved per worker."""
     gpus_per_worker: float = Field(1.0, gt=0.0)
     """Only used when use_gpu is true."""
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _worker_range(cls, v):
+        pair = isinstance(v, (list, tuple))
+        ints = list(v) if pair else [v]
+        if len(ints) != (2 if pair else 1) or not all(isinstance(x, int) and not isinstance(x, bool) for x in ints):
+            raise ValueError(f"must be an int or a [min, max] pair of ints, got {v!r}")
+        if ints[0] < 1 or ints[-1] < ints[0]:
+            raise ValueError(f"needs 1 <= min <= max, got {v!r}" if pair else f"must be >= 1, got {v!r}")
+        return tuple(ints) if pair else v
+
+    @property
+    def min_workers(self) -> int:
+        """Fewest workers the run trains with (num_workers when fixed)."""
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        """Most workers the run trains with: what resources are sized for (num_workers when fixed)."""
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[1]
 
 
 class RunSection(Section):
@@ -482,4 +506,5 @@ class ExperimentConfig(Section):
         return self.loss_weighting.model_dump(exclude={"name"})
 
     def global_batch_size(self) -> int:
-        return self.train.batch_size * self.scaling.num_workers
+        """At full scale; an elastic run that lost workers steps on batch_size x its world size."""
+        return self.train.batch_size * self.scaling.max_workers

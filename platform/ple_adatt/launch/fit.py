@@ -58,8 +58,9 @@ def ensure_ray(min_cpus: float = 0) -> None:
 
 
 def local_cpus_needed(cfg: ExperimentConfig) -> float:
-    """Train workers + one for Ray Data + one for the Train controller/driver side."""
-    return cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
+    """Train workers (the most an elastic run grows to) + one for Ray Data + one for the Train
+    controller/driver side."""
+    return cfg.scaling.max_workers * cfg.scaling.cpus_per_worker + 2
 
 
 def quiet_data_progress() -> None:
@@ -73,19 +74,25 @@ def quiet_data_progress() -> None:
 
 
 def check_resources(cfg: ExperimentConfig) -> None:
-    """Fail before any worker starts if the cluster can never host the run."""
+    """Fail before any worker starts if the cluster can never host the run. An elastic run needs
+    room for its `min` workers only: it starts with those and grows as nodes join."""
     total = ray.cluster_resources()
     s = cfg.scaling
     if s.use_gpu:
-        need = s.num_workers * s.gpus_per_worker
+        need = s.min_workers * s.gpus_per_worker
         if total.get("GPU", 0) < need:
             raise ResourceError(f"scaling.use_gpu=true needs {need:g} GPU(s) but the Ray cluster has "
                                 f"{total.get('GPU', 0):g}; set scaling.use_gpu=false or add GPU nodes")
-    need_cpu = s.num_workers * s.cpus_per_worker
+    need_cpu = s.min_workers * s.cpus_per_worker
     if total.get("CPU", 0) < need_cpu:
-        raise ResourceError(f"scaling.num_workers={s.num_workers} x scaling.cpus_per_worker={s.cpus_per_worker:g} "
+        raise ResourceError(f"scaling.num_workers={_fmt_workers(s.num_workers)} x "
+                            f"scaling.cpus_per_worker={s.cpus_per_worker:g} "
                             f"needs {need_cpu:g} CPUs but the Ray cluster has {total.get('CPU', 0):g}; "
                             f"lower them (fractions are fine: scaling.cpus_per_worker=0.5)")
+
+
+def _fmt_workers(n: int | tuple[int, int]) -> str:
+    return str(n) if isinstance(n, int) else f"[{n[0]}, {n[1]}] (min {n[0]})"
 
 
 def build_datasets(cfg: ExperimentConfig, state: PreprocessState, splits=("train", "val")) -> dict[str, ray.data.Dataset]:
@@ -142,6 +149,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
         train_loop_config={"experiment": cfg.model_dump(mode="json"), "preprocess": state.to_dict(),
                            "train_rows": rows["train"], "tracking_uri": uri, "mlflow_run_id": run_id},
         torch_config=TorchConfig(timeout_s=600),
+        # a (min, max) tuple makes the run elastic
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=storage,

@@ -141,17 +141,18 @@ def check_datasets(cfgs: Iterable[ExperimentConfig]) -> None:
 def derive_max_concurrent(resources: dict[str, float], cfg: ExperimentConfig, num_trials: int,
                           cap: int | None) -> int:
     """Trials that fit at once: each needs 1 CPU (Tune driver) + its Train workers; ~10 % of the
-    CPUs (at least 1) stay free for Ray Data. Raises if not even one trial fits."""
+    CPUs (at least 1) stay free for Ray Data. Raises if not even one trial fits. An elastic trial
+    counts at its max workers: it grows to them whenever they are free."""
     s = cfg.scaling
     cpus = resources.get("CPU", 0.0)
     free = cpus - max(1.0, 0.1 * cpus)
-    n = math.floor(free / (1.0 + s.num_workers * s.cpus_per_worker) + 1e-9)
+    n = math.floor(free / (1.0 + s.max_workers * s.cpus_per_worker) + 1e-9)
     if s.use_gpu:
-        n = min(n, math.floor(resources.get("GPU", 0.0) / (s.num_workers * s.gpus_per_worker) + 1e-9))
+        n = min(n, math.floor(resources.get("GPU", 0.0) / (s.max_workers * s.gpus_per_worker) + 1e-9))
     if n < 1:
-        raise ValueError(f"one trial needs 1 + scaling.num_workers x cpus_per_worker = "
-                         f"{1 + s.num_workers * s.cpus_per_worker:g} CPUs"
-                         + (f" and {s.num_workers * s.gpus_per_worker:g} GPUs" if s.use_gpu else "")
+        raise ValueError(f"one trial needs 1 + scaling.num_workers (max) x cpus_per_worker = "
+                         f"{1 + s.max_workers * s.cpus_per_worker:g} CPUs"
+                         + (f" and {s.max_workers * s.gpus_per_worker:g} GPUs" if s.use_gpu else "")
                          + f" plus headroom for Ray Data; the cluster has {resources}")
     return max(1, min(n, num_trials, cap or n))
 

@@ -152,3 +152,13 @@ def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, extras: list[t
     optimizer = build_optimizer(cfg, [g for g in groups if g["params"]], lr)
     return optimizer, build_scheduler(cfg, optimizer, total_steps)
 
+
+def set_schedule_position(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Move a (freshly loaded) schedule to `step` and set the optimizer's lr to match.
+
+    The schedule is per optimizer step over steps_per_epoch x epochs, and steps_per_epoch follows
+    the world size. Checkpoints are taken at epoch ends, so a run resumed on another number of
+    workers continues at completed_epochs x (its steps_per_epoch): from there on it follows the
+    schedule of a run started at that size, and the lr at every epoch boundary is unchanged."""
+    scheduler.last_epoch = step - 1
+    scheduler.step()  # recomputes every group's lr for `step` (closed form: LambdaLR)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.preprocess import PreprocessState, input_shapes
 from ple_adatt.tracking.mlflow_tracking import make_logger
-from ple_adatt.train.build import build_adatt, build_model, build_weighting
+from ple_adatt.train.build import build_adatt, build_model, build_weighting, set_schedule_position
 from ple_adatt.train.checkpoint import load_state, save_checkpoint
 from ple_adatt.train.diagnostics import log_adatt_diagnostics, log_gate_diagnostics
 from ple_adatt.train.evaluate import predict_distributed
@@ -52,7 +52,12 @@ def restore_checkpoint(trainer: Trainer, saved: dict, steps: int) -> tuple[int, 
                                                                trainer.adatt, 2, steps)
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])
-    return phase, saved["epoch"] + 1, saved["history"]
+    start_epoch = saved["epoch"] + 1
+    if saved["extra"].get("world_size", trainer.world) != trainer.world:
+        # Elastic restart or a relaunch at another scale: steps per epoch changed with the world size.
+        done = start_epoch - (trainer.cfg.train.epochs if phase == 2 else 0)  # epochs of this phase
+        set_schedule_position(trainer.scheduler, done * steps)
+    return phase, start_epoch, saved["history"]
 
 
 def _maybe_inject_failure(cfg: ExperimentConfig, epoch: int, rank: int) -> None:
@@ -108,7 +113,8 @@ def train_loop_per_worker(config: dict) -> None:
             saved = load_state(d)
         phase, start_epoch, history = restore_checkpoint(trainer, saved, steps)
         if rank == 0:
-            print(f"[ple-adatt] resumed from checkpoint after epoch {saved['epoch']} (phase {phase})", flush=True)
+            print(f"[ple-adatt] resumed from checkpoint after epoch {saved['epoch']} (phase {phase}) on {world} "
+                  f"worker(s); the checkpoint was written by {saved['extra'].get('world_size', world)}", flush=True)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_iter = ray.train.get_dataset_shard("val")
@@ -160,7 +166,7 @@ def train_loop_per_worker(config: dict) -> None:
                                     tasks, device, rank, world, cfg=cfg)
         sums = _all_reduce_sum([n_rows, n_batches, skipped_total] + [loss_sums[t] for t in tasks], world)
         g_rows, g_batches, g_skipped = sums[0], max(1.0, sums[1]), sums[2]
-        metrics = {"epoch": epoch, "phase": phase, "train/samples_per_s": g_rows / max(train_time, 1e-9),
+        metrics = {"epoch": epoch, "phase": phase, "world_size": world, "train/samples_per_s": g_rows / max(train_time, 1e-9),
                    "train/skipped_nonfinite_batches": g_skipped,
                    "train/loss": sum(cfg.task_settings(t).weight * s for t, s in zip(tasks, sums[3:])) / g_batches,
                    "lr": trainer.scheduler.get_last_lr()[0]}
@@ -189,7 +195,7 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                extra_state = {"weighting": weighting.state_dict(), "phase": phase,
+                extra_state = {"weighting": weighting.state_dict(), "phase": phase, "world_size": world,
                                "adatt": adatt.state_dict() if adatt is not None else None}
                 save_checkpoint(tmp, model=raw_model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
                                 scaler=None, epoch=epoch, history=history, cfg=cfg, preprocess=state, extra=extra_state)
