@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PLATFORM = Path(__file__).resolve().parents[2] / "platform"
 
 ALLOWED = {  # package -> the other top-level packages of ple_adatt it may import
@@ -87,6 +89,8 @@ def test_no_import_cycle():
     assert not real, "import cycles:\n" + "\n".join(real)
 
 
+# A fresh interpreter importing every module takes ~8 s: it runs with the multi-process tier.
+@pytest.mark.integration
 def test_every_module_imports_in_a_fresh_interpreter():
     mods = sorted(import_graph())
     code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"

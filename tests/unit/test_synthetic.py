@@ -213,6 +213,8 @@ def test_deterministic_regardless_of_chunk_size(tmp_path, ds):
     assert not np.array_equal(other_seed["txn_seq"], S._Generator(cfg(), seed=42, n_train=1000).block(1)[0]["txn_seq"])
 
 
+# Starts worker processes (~3 s): it runs with the multi-process tier.
+@pytest.mark.integration
 def test_worker_processes_write_the_same_bytes(tmp_path, ds):
     S.generate(cfg(), rows=6000, out_dir=tmp_path / "w", workers=2)     # 2 spawned processes, 2 blocks
     for split in ("train", "val", "test"):

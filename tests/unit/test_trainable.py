@@ -66,6 +66,8 @@ def test_phase_one_optimizer_ignores_the_gate_freeze_so_resume_rebuilds_the_same
     assert id(model.shared.attention.weight) not in in_phase2 and id(adatt.W) not in in_phase2
 
 
+# A fresh interpreter (~4 s): it runs with the multi-process tier.
+@pytest.mark.integration
 def test_training_modules_never_import_pyplot():
     code = ("import sys; import ple_adatt.train.step, ple_adatt.train.build, ple_adatt.train.trainable, "
             "ple_adatt.train.evaluate, ple_adatt.train.diagnostics, ple_adatt.model.assembly; "
