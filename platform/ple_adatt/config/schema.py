@@ -189,7 +189,7 @@ class HeteroPLEModel(_ModelBase):
     """InfoNCE temperature of contrastive-task towers."""
 
 
-# The model section: one class per arch (a registry dict literal, checked against train/build.ARCHS).
+# The model section: one class per arch (a registry dict literal, checked against train/build.MODEL_BUILDERS).
 MODEL_ARCHS: dict[str, type[_ModelBase]] = {
     "shared_bottom": SharedBottomModel,
     "single_task": SingleTaskModel,

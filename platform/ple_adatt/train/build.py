@@ -29,24 +29,26 @@ def task_output_dims(cfg: ExperimentConfig) -> dict[str, int]:
 
 def build_model(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: int | None = None) -> nn.Module:
     """inputs: data.preprocess.input_shapes(...) -> a model emitting logits per task."""
-    if cfg.model.arch == "ple_hetero":
-        return build_hetero_ple(cfg, inputs, cluster_k)
-    m = cfg.model
-    tasks = cfg.task_names()
+    return MODEL_BUILDERS[cfg.model.arch](cfg, inputs, cluster_k)
+
+
+def _mlp_extractor_model(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: int | None) -> nn.Module:
+    """Embeddings + an MLP-expert extractor of the config's arch + one tower per task."""
+    m, tasks = cfg.model, cfg.task_names()
     encoder = InputEncoder(inputs, m.embedding_dim)
     d_in, hidden = encoder.out_dim, list(m.expert_hidden)
-    extractors = {  # explicit registry: arch name -> constructor (kept in sync with the schema by a test)
-        "shared_bottom": lambda: SharedBottom(d_in, hidden, tasks, m.dropout),
-        "single_task": lambda: SingleTask(d_in, hidden, tasks, m.dropout),
-        "mmoe": lambda: MMoE(d_in, hidden, tasks, m.num_experts, m.dropout),
-        "ple": lambda: PLE(d_in, hidden, tasks, m.num_shared_experts, m.num_task_experts, m.num_levels, m.dropout),
-    }
-    extractor = extractors[m.arch]()
+    if m.arch == "shared_bottom":
+        extractor = SharedBottom(d_in, hidden, tasks, m.dropout)
+    elif m.arch == "single_task":
+        extractor = SingleTask(d_in, hidden, tasks, m.dropout)
+    elif m.arch == "mmoe":
+        extractor = MMoE(d_in, hidden, tasks, m.num_experts, m.dropout)
+    else:
+        extractor = PLE(d_in, hidden, tasks, m.num_shared_experts, m.num_task_experts, m.num_levels, m.dropout)
     towers = Towers({t: extractor.out_dim for t in tasks}, task_output_dims(cfg), list(m.tower_hidden), m.dropout)
     return MultiTaskModel(encoder, extractor, towers)
 
 
-ARCHS = ("shared_bottom", "single_task", "mmoe", "ple", "ple_hetero")
 
 
 def build_hetero_ple(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: int | None) -> HeteroPLE:
@@ -91,6 +93,15 @@ def build_hetero_ple(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: 
         transfer = LogitTransfer(tasks, {t: spec.task(t).type for t in tasks}, out_dims, edges,
                                  hidden_dim=tower_in, detach_source=m.logit_transfer.detach_source)
     return HeteroPLE(shared, towers, tasks, basket=basket, transfer=transfer, basket_skip=m.basket.skip)
+
+
+MODEL_BUILDERS = {  # model.arch -> builder; the dict build_model dispatches on (a test checks it against the schema)
+    "shared_bottom": _mlp_extractor_model,
+    "single_task": _mlp_extractor_model,
+    "mmoe": _mlp_extractor_model,
+    "ple": _mlp_extractor_model,
+    "ple_hetero": build_hetero_ple,
+}
 
 
 def build_optimizer(cfg: ExperimentConfig, params, lr: float | None = None) -> torch.optim.Optimizer:
