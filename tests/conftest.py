@@ -13,6 +13,17 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_data.py
 from tiny_data import write_tiny_dataset  # noqa: E402
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add sync overhead (badly so on a loaded 2-core box)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), rows=600)

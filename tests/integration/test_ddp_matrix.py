@@ -11,11 +11,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import torch
 
 from ddp_harness import in_sync, run_ranks
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 FACTORS = {  # dict literal: what the matrix varies (values as config overrides)
     "arch": ["shared_bottom", "mmoe", "ple", "ple_hetero", "single_task"],
@@ -65,14 +64,6 @@ MATRIX = pairwise()
 def _id(c: dict) -> str:
     return "-".join([c["arch"], c["weighting"], "adatt" if c["adatt"] else "noadatt"]
                     + ([c["gate"], "2phase" if c["two_phase"] else "1phase"] if c["arch"] == "ple_hetero" else []))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_matrix_is_pairwise_and_legal():

@@ -19,14 +19,7 @@ from ple_adatt.adatt.diagnostics import negative_transfer_pairs, save_heatmap, t
 from ple_adatt.adatt.two_phase import freeze_parameters, prefix_predicate, trainable_parameters
 from toy_multitask import ToyMultiTask, masked_losses, toy_batch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add sync overhead (badly so on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add sync overhead
 
 
 def linear_losses(vectors: dict[str, list[float]]):

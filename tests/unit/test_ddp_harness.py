@@ -6,16 +6,10 @@ import torch
 
 from ddp_harness import in_sync, run_ranks
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add sync overhead
+
 ADATT_TWO_PHASE = ["model.arch=ple_hetero", "model.experts.use=[mlp]", "adatt.enabled=true",
                    "adatt.grad_interval=1", "train.epochs=3", "two_phase.enabled=true", "two_phase.phase2_epochs=1"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_adatt_phases_and_phase_two_run_on_two_ranks_in_sync(tiny_dataset):

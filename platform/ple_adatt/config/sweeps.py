@@ -40,6 +40,14 @@ class _Param(Section):
     these values), e.g. `when: {loss_weighting.name: gradnorm}` (Optuna define-by-run)."""
 
 
+def _check_range(low: float, high: float, log: bool) -> None:
+    """Bounds of a numeric search-space parameter (float or int)."""
+    if low >= high:
+        raise ValueError(f"low ({low}) must be < high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"log scale needs low > 0, got {low}")
+
+
 class FloatParam(_Param):
     type: Literal["float"]
     """Selects a float parameter."""
@@ -54,10 +62,7 @@ class FloatParam(_Param):
 
     @model_validator(mode="after")
     def _bounds(self):
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        _check_range(self.low, self.high, self.log)
         if self.log and self.step is not None:
             raise ValueError("log and step cannot be combined")
         return self
@@ -77,10 +82,7 @@ class IntParam(_Param):
 
     @model_validator(mode="after")
     def _bounds(self):
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        _check_range(self.low, self.high, self.log)
         return self
 
 
