@@ -67,6 +67,7 @@ def test_two_workers_are_reproducible(ray_session, tiny_dataset, tmp_path):
     runs = []
     for name in ("c", "d"):
         cfg = load_config(SMOKE, [f"dataset={tiny_dataset}", "scaling.num_workers=2", "scaling.cpus_per_worker=1",
+                                  "train.epochs=1",  # resume exactness below covers multi-epoch 2-worker runs
                                   f"run.storage_path={tmp_path}", f"run.name={name}", "tracking.enabled=false",
                                   "train.cache_train=false",  # exercise streaming_split determinism
                                   "loss_weighting.name=uncertainty",  # learnable weights synced across ranks
