@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ple_adatt.config import storage as st
 from ple_adatt.config.loading import ConfigError, apply_overrides, flatten, read_yaml, validate
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.config.sweeps import CampaignConfig, Objective
