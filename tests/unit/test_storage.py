@@ -88,3 +88,17 @@ def test_a_dataset_uploaded_to_the_bucket_loads_and_validates(s3, tmp_path):
     with pytest.raises(ValueError, match=r"s3://bkt/data/bad/train/part.parquet: column '.*' .* is missing"):
         check_dataset(spec, ("train",), cfg.task_names())
     assert json.loads(json.dumps(yaml.safe_load(st.read_text(ds_yaml))))  # plain YAML, nothing rewritten
+
+
+def test_fit_checks_where_results_go_before_reading_data_or_starting_ray(tiny_dataset, monkeypatch):
+    import ray
+
+    from ple_adatt.launch.fit import fit
+
+    cfg = load_config(TINY, [f"dataset={tiny_dataset}", "run.storage_path=s3://bkt/runs"])
+    with pytest.raises(ValueError, match="tracking.uri is unset and run.storage_path=s3://bkt/runs is remote"):
+        fit(cfg)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # the README's old cluster command: no storage_path
+    with pytest.raises(ValueError, match="run.storage_path=runs/smoke: inside a Ray job"):
+        fit(load_config(TINY, [f"dataset={tiny_dataset}"]))
+    assert not ray.is_initialized()

@@ -127,16 +127,18 @@ def checkpoint_uri(storage: str, name: str, checkpoint) -> str | None:
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list | None = None,
         parent_run_id: str | None = None, verbose: bool = True) -> FitResult:
     """Train one experiment with Ray Train. Relaunching with the same run name resumes it."""
+    # Where results go is checked first: a relative path inside a Ray job, or remote storage
+    # without a tracking server, fails before any data is read.
+    storage = storage_dir(cfg)
+    uri = mt.resolve_tracking_uri(cfg.tracking.uri, storage) if cfg.tracking.enabled else None
     rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())  # before any worker starts
     state = fit_preprocessing(cfg.dataset)
     ensure_ray(local_cpus_needed(cfg))
     check_resources(cfg)
     name = run_name or cfg.run_name()
-    storage = storage_dir(cfg)
 
-    uri = run_id = None
+    run_id = None
     if cfg.tracking.enabled:
-        uri = mt.resolve_tracking_uri(cfg.tracking.uri, storage)
         run_id, resumed = mt.start_run(uri, cfg.tracking.experiment or cfg.name, name,
                                        flatten(cfg.model_dump(mode="json", exclude={"dataset"})),
                                        parent_run_id=parent_run_id, tags={"dataset": cfg.dataset.name})
