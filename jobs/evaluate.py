@@ -7,12 +7,13 @@ import argparse
 import json
 
 from ple_adatt.cli import fail
+from ple_adatt.config import storage
 from ple_adatt.launch.inference import evaluate_checkpoint
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a checkpoint folder (holds state.pt, config.yaml)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder, local or a URI (holds state.pt, config.yaml)")
     p.add_argument("--data", default="val", help="train|val|test of the checkpoint's dataset, or a dataset YAML")
     p.add_argument("--split", default=None, help="split of --data when it is a YAML (default: test)")
     p.add_argument("--out", default=None, help="JSON file to write (default: <checkpoint>/eval_<split>.json)")
@@ -23,9 +24,8 @@ def main() -> None:
         fail(e)
     for k, v in sorted(res["metrics"].items()):
         print(f"{k:<40} {v:.6f}")
-    out = a.out or f"{a.checkpoint}/eval_{res['split']}.json"
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2, sort_keys=True)
+    out = a.out or storage.join(a.checkpoint, f"eval_{res['split']}.json")  # local or s3://...
+    storage.write_text(out, json.dumps(res, indent=2, sort_keys=True))
     print(f"written: {out}")
 
 

@@ -12,7 +12,7 @@ import yaml
 from ple_adatt.config.loading import ConfigError, load_config
 from ple_adatt.launch.trial import TrialSpec, build_trial_config, decode_choice, encode_choice
 from ple_adatt.launch.search_space import DefineByRun, base_point
-from ple_adatt.launch.sweep import derive_max_concurrent, known_metrics, split_cli_overrides
+from ple_adatt.launch.sweep import concurrency_reason, derive_max_concurrent, known_metrics, split_cli_overrides
 from ple_adatt.launch.tune import prepare_campaign
 from ple_adatt.report.tune_summary import best_config_yaml, pareto_front
 from ple_adatt.train.metrics import metric_mode
@@ -169,6 +169,22 @@ def test_max_concurrent_is_derived_from_resources_and_capped():
         derive_max_concurrent({"CPU": 2.0}, cfg, 4, None)
     gpu = load_config(SMOKE, ["scaling.use_gpu=true", "scaling.gpus_per_worker=1"])
     assert derive_max_concurrent({"CPU": 64.0, "GPU": 2.0}, gpu, 10, None) == 2
+
+
+def test_concurrency_message_says_why_and_what_would_run_all():
+    cfg = load_config(SMOKE, ["scaling.num_workers=2", "scaling.cpus_per_worker=1"])
+    msg = concurrency_reason({"CPU": 4.0}, cfg, 8, None, derive_max_concurrent({"CPU": 4.0}, cfg, 8, None))
+    assert msg == ("running 1 trial(s) at once: the cluster has 4 CPUs, 1 kept for Ray Data, and one trial takes 3 "
+                   "(1 Tune driver + scaling.num_workers=2 x cpus_per_worker=1); 27 CPUs would run all 8 at once")
+    for want in (1, 3, 8):  # the CPUs it names are the fewest that run every trial at once (README's sizing rule)
+        need = int(concurrency_reason({"CPU": 1.0}, cfg, want, None, 0).split("; ")[-1].split()[0])
+        assert derive_max_concurrent({"CPU": float(need)}, cfg, want, None) == want
+        if want > 1:
+            assert derive_max_concurrent({"CPU": float(need - 1)}, cfg, want, None) < want
+        else:
+            with pytest.raises(ValueError, match="one trial needs"):
+                derive_max_concurrent({"CPU": float(need - 1)}, cfg, want, None)
+    assert concurrency_reason({"CPU": 40.0}, cfg, 8, 2, 2).endswith("(capped by max_concurrent=2)")
 
 
 def test_pareto_front_keeps_only_non_dominated_completed_trials():

@@ -105,7 +105,8 @@ class DatasetSpec(Section):
     name: str
     """Dataset name (logged with every run)."""
     splits: Splits
-    """Parquet file, directory or glob per split; relative paths resolve against the YAML's folder."""
+    """Parquet file, directory or glob per split, local or a URI (s3://bucket/data/train/, no globs);
+    relative paths resolve against the YAML's folder (a URI folder for a YAML read from a URI)."""
     id_column: str | None = None
     """Optional row id column, carried through to predictions (never a model input)."""
     groups: dict[str, FeatureGroup] = Field(min_length=1)

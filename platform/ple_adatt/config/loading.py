@@ -120,9 +120,6 @@ def _strip_union_tags(loc: tuple) -> tuple[list[str], tuple[int, str, str, str] 
 
 def validate(data: dict, model: type[BaseModel] = ExperimentConfig, source: str = "<config>"):
     ds = data.get("dataset") if model is ExperimentConfig else None
-    if isinstance(ds, str) and is_uri(ds):
-        raise ConfigError(source, [f"dataset: {ds} is a URI; the dataset spec must be a local YAML file "
-                                   f"(its splits may point at URIs)"])
     if isinstance(ds, str):  # a dataset reference whose file was never found
         raise ConfigError(source, [f"dataset: file not found: {ds} (generate or prepare the data first: "
                                    f"see the header of the config; or override dataset=<path to dataset.yaml>)"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import posixpath
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,7 +21,9 @@ from typing import Any
 
 import yaml
 
+from ple_adatt.config import storage
 from ple_adatt.config.schema import MODEL_ARCHS
+from ple_adatt.config.storage import is_uri
 
 
 class ConfigError(ValueError):
@@ -49,11 +52,16 @@ def note(message: str) -> None:
 # ----------------------------------------------------------------------------- files and paths
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
+    """A YAML mapping from a local file or a URI (config/storage.py)."""
+    path = str(path) if is_uri(str(path)) else Path(path)
+    try:
+        found = storage.is_file(str(path)) if isinstance(path, str) else path.is_file()
+    except OSError as e:  # unreachable storage
+        raise ConfigError(str(path), [f"cannot read: {e}"]) from None
+    if not found:
         raise ConfigError(str(path), [f"file not found: {path}"])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(storage.read_text(path) if isinstance(path, str) else path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(str(path), [f"not valid YAML: {e}"]) from None
     if data is None:
@@ -63,37 +71,41 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def is_uri(value: str) -> bool:
-    return "://" in str(value)
-
-
 def resolve_path(value: Any, folder: str | Path) -> Any:
     """The one rule for paths written in configs: a URI (`s3://...`) or an absolute path is kept as
     written; a relative path is joined to `folder` (the folder of the file that says it, the working
-    directory for command-line overrides). Lists are resolved item by item; other values pass through."""
+    directory for command-line overrides; a URI folder for a file read from a URI). Lists are
+    resolved item by item; other values pass through."""
     if isinstance(value, list):
         return [resolve_path(v, folder) for v in value]
     if not isinstance(value, (str, Path)) or is_uri(str(value)) or Path(value).is_absolute():
         return str(value) if isinstance(value, Path) else value
+    if is_uri(str(folder)):
+        scheme, rest = str(folder).split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, str(value)))}"
     return os.path.abspath(os.path.join(folder, value))
 
 
 def load_dataset_dict(path: str | Path) -> dict[str, Any]:
-    """A dataset YAML as a dict whose split paths are absolute (resolved against the YAML's folder)."""
-    path = Path(path).resolve()
+    """A dataset YAML (local or URI) as a dict whose split paths are absolute (resolved against the
+    YAML's folder: a dataset folder uploaded to s3:// as it is keeps working)."""
+    path = str(path) if is_uri(str(path)) else Path(path).resolve()
     data = read_yaml(path)
     splits = data.get("splits")
     if isinstance(splits, dict):
-        data["splits"] = {k: resolve_path(v, path.parent) for k, v in splits.items()}
+        folder = storage.parent(path) if isinstance(path, str) else path.parent
+        data["splits"] = {k: resolve_path(v, folder) for k, v in splits.items()}
     return data
 
 
 def dataset_value(ref: str, folder: str | Path) -> dict | str:
     """`dataset: ref` (in a file in `folder`, or `dataset=ref` on the command line with the working
-    directory): the dataset YAML inlined with absolute split paths. A file that does not exist yet
-    (generated data) or a URI stays a string: `validate` reports it if nothing replaces it."""
+    directory): the dataset YAML (a local file or a URI) inlined with absolute split paths. A file
+    that does not exist yet (generated data) stays a string: `validate` reports it if nothing replaces it."""
     ref = resolve_path(ref, folder)
-    return load_dataset_dict(ref) if not is_uri(ref) and Path(ref).is_file() else ref
+    if is_uri(ref):
+        return load_dataset_dict(ref)  # ConfigError names the URI when it is missing or unreadable
+    return load_dataset_dict(ref) if Path(ref).is_file() else ref
 
 
 def resolve_dataset_overrides(overrides: Iterable[str], folder: str | Path) -> list[str]:

@@ -398,7 +398,9 @@ class RunSection(Section):
     name: str | None = None
     """Deterministic run name; relaunching with the same name resumes the run. Default: experiment name."""
     storage_path: str = "runs"
-    """Checkpoints and the local MLflow store; relative paths resolve against the current directory."""
+    """Checkpoints, resume and Tune state, reports (and the local MLflow store): a local path (relative to
+    the current directory; an error inside a Ray job) or a URI pyarrow opens (s3://, gs://, abfs://,
+    file://), which multi-node clusters need. A remote path requires tracking.uri."""
     max_failures: int = Field(2, ge=0)
     """Worker-group failures Ray Train recovers from by restoring the latest checkpoint."""
     controller_failure_limit: int = Field(3, ge=0)
@@ -411,7 +413,8 @@ class TrackingSection(Section):
     enabled: bool = True
     """Log params, metrics and artifacts to MLflow."""
     uri: str | None = None
-    """MLflow tracking URI; None = sqlite under run.storage_path (absolute). Use a server on clusters."""
+    """MLflow tracking URI; None = sqlite under a local run.storage_path (absolute). Use a server on
+    clusters (`mlflow server --artifacts-destination s3://...`, so artifacts from any node reach S3)."""
     experiment: str | None = None
     """MLflow experiment name; default: the experiment name."""
 

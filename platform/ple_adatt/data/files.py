@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ple_adatt.config import storage
 from ple_adatt.config.dataset import DatasetSpec
 
 
@@ -25,9 +27,14 @@ class DataError(ValueError):
 
 
 def resolve_files(paths: str | list[str]) -> list[str]:
-    """A file, a directory (all *.parquet below it) or a glob -> sorted list of files."""
+    """A file, a directory (all *.parquet below it) or a glob -> sorted list of files. URIs
+    (s3://bucket/data/train) name a file or a folder (no globs) and stay URIs."""
     out: list[str] = []
     for p in [paths] if isinstance(paths, str) else paths:
+        if storage.is_uri(p):
+            kind = storage.file_type(p)
+            out += [p] if kind == storage.pafs.FileType.File else storage.list_files(p, ".parquet")
+            continue
         path = Path(p)
         if path.is_dir():
             out += sorted(str(f) for f in path.rglob("*.parquet"))
@@ -46,6 +53,13 @@ def split_files(spec: DatasetSpec, split: str) -> list[str]:
     if not files:
         raise DataError([f"splits.{split}: {paths!r} matches no parquet files"])
     return files
+
+
+def parquet_dataset(files: list[str]) -> pads.Dataset:
+    """A pyarrow dataset over resolved files, local or URIs (pyarrow wants one filesystem and
+    bare paths for a list of URIs)."""
+    fs, _ = storage.filesystem(files[0])
+    return pads.dataset([storage.filesystem(f)[1] for f in files], format="parquet", filesystem=fs)
 
 
 def _is_number(t: pa.DataType) -> bool:

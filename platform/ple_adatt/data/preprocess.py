@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from ple_adatt.config.dataset import DatasetSpec
-from ple_adatt.data.files import split_files
+from ple_adatt.data.files import parquet_dataset, split_files
 
 EPS = 1e-6
 
@@ -86,7 +85,7 @@ def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> Preprocess
         name: [Counter() for _ in g.columns] for name, g in spec.groups.items() if g.kind == "categorical"
     }
     rows = 0
-    scanner = pads.dataset(files, format="parquet").scanner(columns=cols, batch_size=batch_rows)
+    scanner = parquet_dataset(files).scanner(columns=cols, batch_size=batch_rows)
     for batch in scanner.to_batches():
         rows += batch.num_rows
         for name, g in spec.groups.items():
@@ -120,7 +119,7 @@ def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> Preprocess
             std = np.where(np.sqrt(var) < EPS, 1.0, np.sqrt(var))  # constant features pass through centred
             state.mean[name], state.std[name] = mean.tolist(), std.tolist()
     if spec.cluster_probs:
-        first = pads.dataset(files[:1], format="parquet").head(1, columns=[spec.cluster_probs]).column(0)
+        first = parquet_dataset(files[:1]).head(1, columns=[spec.cluster_probs]).column(0)
         state.cluster_k = first.type.list_size if pa.types.is_fixed_size_list(first.type) else len(first[0].as_py())
     return state
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ple_adatt.config import storage as st
 from ple_adatt.config.loading import ConfigError, apply_overrides, read_yaml, validate
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.config.sweeps import StudyConfig
@@ -187,21 +188,21 @@ def study_grid(study: Study) -> dict:
     return json.loads(json.dumps(grid, sort_keys=True, default=str))
 
 
-def check_same_grid(exp_path: Path, grid: dict, source: str) -> None:
+def check_same_grid(exp_path: str | Path, grid: dict, source: str) -> None:
     """Refuse to resume a study whose design changed since it started.
 
     Tune restores the grid it started with and skips finished runs, so new seeds would never run
     and a changed base or variant would mix two designs in one report.
     """
-    path = exp_path / GRID_FILE
-    if not path.exists():  # a new study, or one started before designs were recorded
+    path = st.join(str(exp_path), GRID_FILE)
+    if not st.is_file(path):  # a new study, or one started before designs were recorded
         return
-    old = json.loads(path.read_text())
+    old = json.loads(st.read_text(path))
     changed = [k for k in grid if old.get(k) != grid[k]]
     if changed:
         detail = "; ".join(f"{k}: {old.get(k)} -> {grid[k]}" if k in ("seeds", "levels") else f"{k} changed"
                            for k in changed)
-        raise ConfigError(source, [f"study '{exp_path.name}' already exists at {exp_path} with a different design "
+        raise ConfigError(source, [f"study '{str(exp_path).rstrip('/').rsplit('/', 1)[-1]}' already exists at {exp_path} with a different design "
                                    f"({detail}); resuming would skip or mix runs. Pass name=<new name> for a new "
                                    f"study, or delete {exp_path} to start this one over"])
 
@@ -214,8 +215,8 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
     sc, base_cfg = study.config, study.base_cfg
     check_datasets(study.run_cfgs.values())  # every distinct dataset (sweep levels) before Ray starts
     storage = storage_dir(base_cfg)
-    exp_path = Path(storage) / sc.name
-    report_dir = exp_path / "report"
+    exp_path = st.join(storage, sc.name)
+    report_dir = st.join(exp_path, "report")
     grid = study_grid(study)
     check_same_grid(exp_path, grid, study.source)
     n = cluster_concurrency(base_cfg, study.num_runs(), sc.max_concurrent)
@@ -223,11 +224,10 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
         base_cfg, storage, f"study-{sc.name}", {"study": sc.model_dump_json()},
         {KIND_TAG: STUDY_KIND, STUDY_TAG: sc.name, META_TAG: json.dumps(study_meta(sc)),
          REPORT_DIR_TAG: str(report_dir)})
-    spec = _spec(sc, study.base, str(exp_path / "train"), uri, experiment, parent)
+    spec = _spec(sc, study.base, st.join(exp_path, "train"), uri, experiment, parent)
 
     def new_tuner(trainable):
-        exp_path.mkdir(parents=True, exist_ok=True)
-        (exp_path / GRID_FILE).write_text(json.dumps(grid, indent=1))
+        st.write_text(st.join(exp_path, GRID_FILE), json.dumps(grid, indent=1))
         space: dict[str, Any] = {"variant": tune.grid_search(list(sc.variants)), "seed": tune.grid_search(list(sc.seeds))}
         if sc.sweep:
             space["level"] = tune.grid_search(list(sc.sweep.levels))
@@ -269,11 +269,15 @@ def collect_from_results(results, sc: StudyConfig, spec: TrialSpec):
     return results_table(rows, study_meta(sc))
 
 
-def _publish_report(out_dir: Path, df, sweep, meta: dict, uri: str | None, parent: str | None,
+def _publish_report(out_dir: str | Path, df, sweep, meta: dict, uri: str | None, parent: str | None,
                     diagnostics=None) -> dict:
-    """The report files (report/results.py), attached to the study's parent run, which is closed."""
-    files = write_study_report(out_dir, df, sweep, meta, diagnostics)
-    close_parent_run(uri, parent, files.values(), "report")
+    """The report files (report/results.py), attached to the study's parent run, which is closed.
+    A remote `out_dir` (s3://...) gets the files uploaded; the returned paths are then URIs."""
+    with st.staged(str(out_dir)) as local:
+        files = write_study_report(local, df, sweep, meta, diagnostics)
+        close_parent_run(uri, parent, files.values(), "report")
+        if st.local_path(str(out_dir)) is None:
+            files = {k: st.join(str(out_dir), Path(v).relative_to(local).as_posix()) for k, v in files.items()}
     return files
 
 
@@ -291,7 +295,7 @@ def regenerate_report(name: str, uri: str, out_dir: str | None = None) -> dict:
     """Rebuild a study's report from MLflow alone (no run is repeated)."""
     parent, meta = find_study_run(uri, name)
     df, sweep = collect_from_mlflow(uri, parent, meta)
-    return _publish_report(Path(out_dir or meta["report_dir"]), df, sweep, meta, uri, parent,
+    return _publish_report(out_dir or meta["report_dir"], df, sweep, meta, uri, parent,
                            adatt_diagnostics_from_mlflow(uri, parent, meta))
 
 

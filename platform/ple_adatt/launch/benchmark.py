@@ -10,11 +10,10 @@ import statistics
 import time
 
 import numpy as np
-import pyarrow.dataset as pads
 import torch
 
 from ple_adatt.config.schema import ExperimentConfig
-from ple_adatt.data.files import DataError, check_dataset, split_files
+from ple_adatt.data.files import DataError, check_dataset, parquet_dataset, split_files
 from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
 from ple_adatt.launch.inference import to_tensors
 from ple_adatt.train.build import build_adatt, build_model, build_optimizer, build_weighting
@@ -25,7 +24,7 @@ from ple_adatt.train.trainable import TrainableSet, begin_epoch, phase_optimizer
 def load_train_tensors(cfg: ExperimentConfig, state) -> dict[str, torch.Tensor]:
     spec, tasks = cfg.dataset, cfg.task_names()
     cols = list(dict.fromkeys(spec.input_columns() + [spec.task(t).label for t in tasks]))
-    table = pads.dataset(split_files(spec, "train"), format="parquet").to_table(columns=cols)
+    table = parquet_dataset(split_files(spec, "train")).to_table(columns=cols)
     return to_tensors(Packer(spec, state, tasks)(table))
 
 

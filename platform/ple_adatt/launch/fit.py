@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import ray.train
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ple_adatt.config import storage as st
 from ple_adatt.config.loading import config_to_yaml, flatten
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import check_dataset, split_files
@@ -119,22 +121,31 @@ def _maybe_cached(cfg: ExperimentConfig, datasets: dict) -> dict:
 
 
 def storage_dir(cfg: ExperimentConfig) -> str:
-    return str(Path(cfg.run.storage_path).expanduser().resolve())
+    """run.storage_path for Ray and our files: a URI as written, a local path absolute (config/storage.py)."""
+    return st.storage_root(cfg.run.storage_path)
+
+
+def checkpoint_uri(storage: str, name: str, checkpoint) -> str | None:
+    """A Ray checkpoint's folder spelt like the storage path (Ray's `Checkpoint.path` drops the
+    URI scheme: `bucket/prefix/run/epoch_0002`), so evaluate/predict can open it anywhere."""
+    return st.join(storage, name, Path(checkpoint.path).name) if checkpoint is not None else None
 
 
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list | None = None,
         parent_run_id: str | None = None, verbose: bool = True) -> FitResult:
     """Train one experiment with Ray Train. Relaunching with the same run name resumes it."""
+    # Where results go is checked first: a relative path inside a Ray job, or remote storage
+    # without a tracking server, fails before any data is read.
+    storage = storage_dir(cfg)
+    uri = mt.resolve_tracking_uri(cfg.tracking.uri, storage) if cfg.tracking.enabled else None
     rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())  # before any worker starts
     state = fit_preprocessing(cfg.dataset)
     ensure_ray(local_cpus_needed(cfg))
     check_resources(cfg)
     name = run_name or cfg.run_name()
-    storage = storage_dir(cfg)
 
-    uri = run_id = None
+    run_id = None
     if cfg.tracking.enabled:
-        uri = mt.resolve_tracking_uri(cfg.tracking.uri, storage)
         run_id, resumed = mt.start_run(uri, cfg.tracking.experiment or cfg.name, name,
                                        flatten(cfg.model_dump(mode="json", exclude={"dataset"})),
                                        parent_run_id=parent_run_id, tags={"dataset": cfg.dataset.name})
@@ -170,25 +181,27 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
             mt.RunLogger(uri, run_id).finish("FAILED")
         raise
     metrics = dict(result.metrics or {})
-    ckpt = result.checkpoint.path if result.checkpoint else None
+    ckpt = checkpoint_uri(storage, name, result.checkpoint)
     best = None
     if result.best_checkpoints:
-        best = result.get_best_checkpoint(cfg.train.checkpoint_metric, cfg.train.checkpoint_mode)
-        best = best.path if best else None
-    out = FitResult(metrics, ckpt, best, str(Path(storage) / name), uri, run_id)
+        best = checkpoint_uri(storage, name, result.get_best_checkpoint(cfg.train.checkpoint_metric,
+                                                                        cfg.train.checkpoint_mode))
+    out = FitResult(metrics, ckpt, best, st.join(storage, name), uri, run_id)
     if run_id:
         _log_final(cfg, out)
     return out
 
 
 def _log_final(cfg: ExperimentConfig, res: FitResult) -> None:
+    """The run's summary files, next to its checkpoints (any storage) and in MLflow."""
     log = mt.RunLogger(res.tracking_uri, res.mlflow_run_id)
-    d = Path(res.run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "resolved_config.yaml").write_text(config_to_yaml(cfg))
-    (d / "final_metrics.json").write_text(json.dumps(res.metrics, indent=2, sort_keys=True))
-    (d / "best_checkpoint.json").write_text(json.dumps({"best": res.best_checkpoint_path, "latest": res.checkpoint_path}, indent=2))
-    for f in ("resolved_config.yaml", "final_metrics.json", "best_checkpoint.json"):
-        log.log_artifact(d / f)
+    files = {"resolved_config.yaml": config_to_yaml(cfg),
+             "final_metrics.json": json.dumps(res.metrics, indent=2, sort_keys=True),
+             "best_checkpoint.json": json.dumps({"best": res.best_checkpoint_path, "latest": res.checkpoint_path}, indent=2)}
+    with tempfile.TemporaryDirectory(prefix="ple-adatt-") as tmp:
+        for f, text in files.items():
+            (Path(tmp) / f).write_text(text)
+            log.log_artifact(Path(tmp) / f)
+        st.upload_dir(tmp, res.run_dir)
     log.set_tag("best_checkpoint", str(res.best_checkpoint_path))
     log.finish("FINISHED")

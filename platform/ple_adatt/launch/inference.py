@@ -2,6 +2,7 @@
 
 `evaluate_checkpoint` streams parquet in-process (record batches; bounded memory).
 `predict_to_parquet` runs Ray Data `map_batches` over an actor pool, for tables larger than memory.
+Checkpoints, data and the prediction folder may be local paths or URIs (config/storage.py).
 """
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import torch
 
+from ple_adatt.config import storage
 from ple_adatt.config.dataset import DatasetSpec
 from ple_adatt.config.loading import load_dataset
 from ple_adatt.config.schema import ExperimentConfig
-from ple_adatt.data.files import check_dataset, split_files
+from ple_adatt.data.files import check_dataset, parquet_dataset, split_files
 from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes
 from ple_adatt.train.build import build_model
 from ple_adatt.train.checkpoint import load_config_and_preprocess, load_state
@@ -50,7 +51,7 @@ def _torch_batches(spec: DatasetSpec, state: PreprocessState, tasks: list[str], 
     packer = Packer(spec, state, tasks, with_oracles=True)
     cols = list(dict.fromkeys(spec.input_columns() + [spec.task(t).label for t in tasks]
                               + [spec.task(t).oracle for t in tasks if spec.task(t).oracle]))
-    scanner = pads.dataset(split_files(spec, split), format="parquet").scanner(columns=cols, batch_size=batch_rows)
+    scanner = parquet_dataset(split_files(spec, split)).scanner(columns=cols, batch_size=batch_rows)
     for rb in scanner.to_batches():
         if rb.num_rows:
             yield to_tensors(packer(pa.Table.from_batches([rb])))
@@ -107,27 +108,31 @@ class BatchPredictor:
 
 
 def predict_to_parquet(checkpoint: str | Path, data: str, out_dir: str | Path, split: str | None = None,
-                       actors: int = 1, batch_rows: int = 4096, overwrite: bool = False) -> Path:
+                       actors: int = 1, batch_rows: int = 4096, overwrite: bool = False) -> Path | str:
     import ray.data
 
     from ple_adatt.launch.fit import ensure_ray, quiet_data_progress
 
     cfg, _ = load_config_and_preprocess(checkpoint)
     spec, split = resolve_data(cfg, data, split)
-    out = Path(out_dir).resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    remote = storage.local_path(str(out_dir)) is None
+    out = str(out_dir).rstrip("/") if remote else str(Path(storage.local_path(str(out_dir))))
+    if storage.list_files(out) and not overwrite:
         raise FileExistsError(f"output folder {out} is not empty; pass --overwrite to replace it")
     cols = list(dict.fromkeys(spec.input_columns() + ([spec.id_column] if spec.id_column else [])))
     ensure_ray()
     quiet_data_progress()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Locally a sibling folder renamed into place, so readers never see a half-written folder;
+    # object stores have no folder rename, so there the files are written in place.
+    tmp = out if remote else out + ".tmp"
+    storage.delete_dir(tmp)
     (ray.data.read_parquet(split_files(spec, split)).select_columns(cols)
      .map_batches(BatchPredictor, fn_constructor_args=(str(checkpoint),), concurrency=actors,
                   batch_format="pyarrow", batch_size=batch_rows)
-     .write_parquet(str(tmp)))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)  # readers never see a half-written folder
-    (out / "_SOURCE.json").write_text(json.dumps({"checkpoint": str(checkpoint), "dataset": spec.name, "split": split}))
-    return out
+     .write_parquet(tmp))
+    if not remote:
+        shutil.rmtree(out, ignore_errors=True)
+        Path(tmp).rename(out)
+    storage.write_text(storage.join(out, "_SOURCE.json"),
+                       json.dumps({"checkpoint": str(checkpoint), "dataset": spec.name, "split": split}))
+    return Path(out) if not remote else out

@@ -164,10 +164,30 @@ def cluster_concurrency(base_cfg: ExperimentConfig, num_runs: int, cap: int | No
     from ple_adatt.launch.fit import ensure_ray, local_cpus_needed
 
     ensure_ray(local_cpus_needed(base_cfg) + 1)  # + the Tune trial driver
-    return derive_max_concurrent(ray.cluster_resources(), base_cfg, num_runs, cap)
+    resources = ray.cluster_resources()
+    n = derive_max_concurrent(resources, base_cfg, num_runs, cap)
+    print(f"[ple-adatt] {concurrency_reason(resources, base_cfg, num_runs, cap, n)}", flush=True)
+    return n
 
 
-def fit_tuner(exp_path: Path, label: str, spec, new_tuner: Callable):
+def concurrency_reason(resources: dict[str, float], cfg: ExperimentConfig, num_runs: int, cap: int | None,
+                       n: int) -> str:
+    """One line: how many trials run at once and what limits it (the numbers of derive_max_concurrent)."""
+    s = cfg.scaling
+    cpus, per = resources.get("CPU", 0.0), 1 + s.num_workers * s.cpus_per_worker
+    why = (f"the cluster has {cpus:g} CPUs, {max(1.0, 0.1 * cpus):g} kept for Ray Data, and one trial takes "
+           f"{per:g} (1 Tune driver + scaling.num_workers={s.num_workers} x cpus_per_worker={s.cpus_per_worker:g})")
+    if s.use_gpu:
+        why += f"; {resources.get('GPU', 0.0):g} GPUs / {s.num_workers * s.gpus_per_worker:g} per trial"
+    limits = [f"{num_runs} runs"] if n == num_runs else []
+    limits += [f"max_concurrent={cap}"] if cap and n == cap else []
+    want = min(num_runs, cap or num_runs)
+    need = math.ceil(max(want * per + 1, want * per / 0.9) - 1e-9)  # inverts derive_max_concurrent's headroom
+    return (f"running {n} trial(s) at once: {why}" + (f" (capped by {', '.join(limits)})" if limits else "")
+            + ("" if n >= want else f"; {need} CPUs would run all {want} at once"))
+
+
+def fit_tuner(exp_path: str | Path, label: str, spec, new_tuner: Callable):
     """Run the Tune experiment at `exp_path` with the trial driver: resumed (unfinished and errored
     trials re-run, finished ones kept) when it exists, else `new_tuner(trainable)`. -> ResultGrid."""
     import ray.tune as tune

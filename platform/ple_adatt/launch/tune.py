@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ple_adatt.config import storage as st
 from ple_adatt.config.loading import ConfigError, apply_overrides, flatten, read_yaml, validate
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.config.sweeps import CampaignConfig, Objective
@@ -174,11 +175,11 @@ def run_campaign(campaign: Campaign, *, tune_callbacks: list | None = None, verb
     check_datasets([base_cfg])  # before Ray starts
     n = cluster_concurrency(base_cfg, cc.budget.num_trials, cc.budget.max_concurrent)
     storage = storage_dir(base_cfg)
-    exp_path = Path(storage) / cc.name
+    exp_path = st.join(storage, cc.name)
     uri, experiment, parent = open_parent_run(
         base_cfg, storage, f"tune-{cc.name}", flatten(cc.model_dump(mode="json")),
         {KIND_TAG: "tune_campaign", "ple_adatt.campaign": cc.name})
-    spec = TrialSpec(name=cc.name, base=campaign.base, train_storage=str(exp_path / "train"),
+    spec = TrialSpec(name=cc.name, base=campaign.base, train_storage=st.join(exp_path, "train"),
                      tracking_uri=uri, experiment=experiment, parent_run_id=parent)
     metrics, modes = campaign.metrics, campaign.modes
 
@@ -209,19 +210,24 @@ def run_campaign(campaign: Campaign, *, tune_callbacks: list | None = None, verb
     return finish_campaign(campaign, results, exp_path, uri, parent)
 
 
-def finish_campaign(campaign: Campaign, results, exp_path: Path, uri: str | None, parent: str | None
+def finish_campaign(campaign: Campaign, results, exp_path: str, uri: str | None, parent: str | None
                     ) -> CampaignOutcome:
     """Write the summary (report/tune_summary.py), then record it in MLflow: each child run gets its
     Tune status, the parent run the summary files and the best values."""
     from ple_adatt.report.tune_summary import write_summary
 
-    s = write_summary(campaign, results, exp_path / "summary")
-    if uri and parent:
-        _tag_trial_runs(campaign, s.trials, uri, parent)
-    best = s.best
-    close_parent_run(uri, parent, [Path(s.summary_dir) / f for f in s.files], "summary",
-                     {f"best/{m}": best[m] for m in campaign.metrics} if best is not None else None,
-                     {"best_trial": str(best["trial_id"])} if best is not None else None)
+    summary_dir = st.join(str(exp_path), "summary")
+    with st.staged(summary_dir) as local:  # remote storage: written here, uploaded at the end
+        s = write_summary(campaign, results, local)
+        if uri and parent:
+            _tag_trial_runs(campaign, s.trials, uri, parent)
+        best = s.best
+        close_parent_run(uri, parent, [Path(s.summary_dir) / f for f in s.files], "summary",
+                         {f"best/{m}": best[m] for m in campaign.metrics} if best is not None else None,
+                         {"best_trial": str(best["trial_id"])} if best is not None else None)
+    if st.local_path(summary_dir) is None:  # report where the files are, not the staging folder
+        s.best_config_path = s.best_config_path and st.join(summary_dir, Path(s.best_config_path).name)
+        s.summary_dir = summary_dir
     return CampaignOutcome(campaign.config.name, str(exp_path), False, s.trials, s.best_config_path, s.summary_dir,
                            parent, s.pareto)
 

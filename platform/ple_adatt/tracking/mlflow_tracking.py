@@ -12,18 +12,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ple_adatt.config import storage
 from ple_adatt.tracking.queries import RUN_NAME_TAG, run_by_name
 
 MAX_PARAM_LEN = 6000
 
 
 def resolve_tracking_uri(uri: str | None, storage_path: str) -> str:
-    """None -> an absolute sqlite file under the storage path (workers chdir, so never relative)."""
+    """None -> an absolute sqlite file under a local storage path (workers chdir, so never
+    relative). Remote storage (s3://...) cannot hold a sqlite database: a tracking server is required."""
     if uri:
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
         return uri
-    path = Path(storage_path).resolve() / "mlflow.db"
+    local = storage.local_path(storage_path)
+    if local is None:
+        raise ValueError(f"tracking.uri is unset and run.storage_path={storage_path} is remote storage, which "
+                         f"cannot hold the default local MLflow database: set tracking.uri=http://<host>:5000 (an "
+                         f"`mlflow server --artifacts-destination s3://...`, see README 'On a Ray cluster') or "
+                         f"tracking.enabled=false")
+    path = Path(local) / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 

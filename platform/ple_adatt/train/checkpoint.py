@@ -4,9 +4,13 @@ Layout of a checkpoint directory:
     state.pt         model + optimizer + scheduler + scaler state, epoch, metric history, extras
     preprocess.json  train-split statistics (scalers, vocabularies) used to pack inputs
     config.yaml      the fully resolved experiment config
+
+A checkpoint is read from a local folder or a URI (s3://.../epoch_0003, config/storage.py), so
+evaluation and prediction work on the cluster's shared storage as they are.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ from typing import Any
 import torch
 import yaml
 
+from ple_adatt.config import storage
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.preprocess import PreprocessState
 
@@ -39,17 +44,20 @@ def save_checkpoint(directory: str | Path, *, model: torch.nn.Module, optimizer,
     return d
 
 
-def load_state(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / STATE_FILE
-    if not path.is_file():
+def _read(directory: str | Path, name: str) -> bytes:
+    path = storage.join(str(directory), name)
+    if not storage.is_file(path):
         raise FileNotFoundError(f"not a ple-adatt checkpoint: {path} is missing")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return storage.read_bytes(path)
+
+
+def load_state(directory: str | Path) -> dict[str, Any]:
+    """The state.pt of a checkpoint folder (local path or URI)."""
+    return torch.load(io.BytesIO(_read(directory, STATE_FILE)), map_location="cpu", weights_only=False)
 
 
 def load_config_and_preprocess(directory: str | Path) -> tuple[ExperimentConfig, PreprocessState]:
-    d = Path(directory)
-    for f in (CONFIG_FILE, PREPROCESS_FILE):
-        if not (d / f).is_file():
-            raise FileNotFoundError(f"not a ple-adatt checkpoint: {d / f} is missing")
-    cfg = ExperimentConfig.model_validate(yaml.safe_load((d / CONFIG_FILE).read_text()))
-    return cfg, PreprocessState.from_dict(json.loads((d / PREPROCESS_FILE).read_text()))
+    """The resolved config and preprocessing state of a checkpoint folder (local path or URI)."""
+    raw_cfg, raw_state = _read(directory, CONFIG_FILE), _read(directory, PREPROCESS_FILE)
+    cfg = ExperimentConfig.model_validate(yaml.safe_load(raw_cfg.decode()))
+    return cfg, PreprocessState.from_dict(json.loads(raw_state.decode()))
