@@ -72,7 +72,7 @@ def start_local_ray():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole integration tier (tests/integration/test_elastic.py runs its own
+    """One local Ray for the whole integration tier (tests/integration/test_cluster.py runs its own
     multi-node cluster and restores this one if it was up)."""
     ray = start_local_ray()
     yield ray
