@@ -53,7 +53,7 @@ def _read(directory: str | Path, name: str) -> bytes:
 
 def load_state(directory: str | Path) -> dict[str, Any]:
     """The state.pt of a checkpoint folder (local path or URI)."""
-    return torch.load(io.BytesIO(_read(directory, STATE_FILE)), map_location="cpu", weights_only=False)
+    return torch.load(io.BytesIO(_read(directory, STATE_FILE)), map_location="cpu", weights_only=True)
 
 
 def load_config_and_preprocess(directory: str | Path) -> tuple[ExperimentConfig, PreprocessState]:
