@@ -20,7 +20,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ple_adatt.config import storage as st
 from ple_adatt.config.loading import config_to_yaml, flatten
 from ple_adatt.config.schema import ExperimentConfig
-from ple_adatt.data.files import check_dataset, split_files
+from ple_adatt.data.files import check_dataset
+from ple_adatt.data.reading import read_split
 from ple_adatt.data.preprocess import Packer, PreprocessState, fit_preprocessing
 from ple_adatt.tracking import mlflow_tracking as mt
 from ple_adatt.train.loop import train_loop_per_worker
@@ -107,7 +108,7 @@ def build_datasets(cfg: ExperimentConfig, state: PreprocessState, splits=("train
         cols = spec.input_columns() + [spec.task(t).label for t in tasks]
         if with_oracles:
             cols += [spec.task(t).oracle for t in tasks if spec.task(t).oracle]
-        ds = ray.data.read_parquet(split_files(spec, split)).select_columns(list(dict.fromkeys(cols)))
+        ds = read_split(spec, split, list(dict.fromkeys(cols)))
         out[split] = ds.map_batches(Packer(spec, state, tasks, with_oracles=with_oracles),
                                     batch_format="pyarrow", batch_size=4096, zero_copy_batch=True)
     return out

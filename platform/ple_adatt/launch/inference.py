@@ -19,6 +19,7 @@ from ple_adatt.config.dataset import DatasetSpec
 from ple_adatt.config.loading import load_dataset
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import check_dataset, parquet_dataset, split_files
+from ple_adatt.data.reading import read_split
 from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes
 from ple_adatt.train.build import build_model
 from ple_adatt.train.checkpoint import load_config_and_preprocess, load_state
@@ -109,8 +110,6 @@ class BatchPredictor:
 
 def predict_to_parquet(checkpoint: str | Path, data: str, out_dir: str | Path, split: str | None = None,
                        actors: int = 1, batch_rows: int = 4096, overwrite: bool = False) -> Path | str:
-    import ray.data
-
     from ple_adatt.launch.fit import ensure_ray, quiet_data_progress
 
     cfg, _ = load_config_and_preprocess(checkpoint)
@@ -126,7 +125,7 @@ def predict_to_parquet(checkpoint: str | Path, data: str, out_dir: str | Path, s
     # object stores have no folder rename, so there the files are written in place.
     tmp = out if remote else out + ".tmp"
     storage.delete_dir(tmp)
-    (ray.data.read_parquet(split_files(spec, split)).select_columns(cols)
+    (read_split(spec, split, cols)
      .map_batches(BatchPredictor, fn_constructor_args=(str(checkpoint),), concurrency=actors,
                   batch_format="pyarrow", batch_size=batch_rows)
      .write_parquet(tmp))
