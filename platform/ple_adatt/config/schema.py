@@ -17,7 +17,7 @@ LossName = Literal["focal", "bce", "ce", "huber", "mse", "infonce"]
 LOSSES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "binary": ("bce", "focal"),
     "multiclass": ("ce", "focal"),
-    "regression": ("huber", "mse"),
+    "regression": ("mse", "huber"),
     "contrastive": ("infonce", "ce"),
 }
 
@@ -26,7 +26,8 @@ class TaskTrainConfig(Section):
     """Per-task training settings; the task itself (type, label) lives in the dataset spec."""
 
     loss: LossName | None = None
-    """None picks the default for the task type (binary: bce, multiclass: ce, regression: huber)."""
+    """None picks the default for the task type (binary: bce, multiclass: ce, regression: mse on the
+    standardised target, contrastive: infonce); see docs/rare-tasks.md for rare binary tasks."""
     weight: float = Field(1.0, ge=0.0)
     """Fixed task weight, applied exactly once (inside the weighting strategy)."""
     focal_alpha: float = Field(0.25, gt=0.0, lt=1.0)
@@ -34,7 +35,11 @@ class TaskTrainConfig(Section):
     focal_gamma: float = Field(2.0, ge=0.0)
     """Focal gamma: down-weights easy examples by (1 - p_t)^gamma; 0 = plain cross-entropy."""
     huber_delta: float = Field(1.0, gt=0.0)
-    """Huber loss: quadratic below delta, linear above (regression tasks)."""
+    """Huber loss: quadratic below delta, linear above (regression tasks), in standard deviations of
+    the train-split target (regression labels are standardised before the loss)."""
+    pos_weight: float | None = Field(None, gt=0.0)
+    """Binary tasks with loss=bce: weight of the positive rows (n_neg / n_pos balances the classes);
+    None = 1. The run names rare tasks (base rate < 5 %) and the value that balances them."""
 
 
 class ExpertsSection(Section):
@@ -461,6 +466,10 @@ class ExperimentConfig(Section):
                 errors.append(
                     f"tasks.{t.name}.loss: '{loss}' does not fit a {t.type} task (valid: {list(LOSSES_BY_TYPE[t.type])})"
                 )
+            if t.name in self.tasks and self.tasks[t.name].pos_weight is not None and (
+                    t.type != "binary" or (loss or "bce") != "bce"):
+                errors.append(f"tasks.{t.name}.pos_weight: only for binary tasks with loss bce (task '{t.name}' is "
+                              f"{t.type}, loss {loss or LOSSES_BY_TYPE[t.type][0]}); focal has focal_alpha instead")
         if self.model.arch == "single_task" and self.loss_weighting.name == "gradnorm":
             errors.append("loss_weighting.name: gradnorm needs shared parameters; model.arch=single_task has none")
         if self.model.arch == "single_task" and self.adatt.enabled:

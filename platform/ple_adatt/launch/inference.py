@@ -20,6 +20,7 @@ from ple_adatt.config.loading import load_dataset
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import check_dataset, parquet_dataset, split_files
 from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes
+from ple_adatt.data.targets import original_units, to_original_units
 from ple_adatt.train.build import build_model
 from ple_adatt.train.checkpoint import load_config_and_preprocess, load_state
 from ple_adatt.train.evaluate import predict_batches
@@ -70,12 +71,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str | None = N
     tasks = cfg.task_names()
     preds = predict_batches(model, _torch_batches(spec, state, tasks, split, batch_rows), tasks, torch.device("cpu"))
     types = {t: spec.task(t).type for t in tasks}
-    metrics = {**validation_loss(cfg, preds), **evaluate_predictions(types, preds)}
+    metrics = {**validation_loss(cfg, preds), **evaluate_predictions(types, to_original_units(preds, state.targets))}
     return {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, "metrics": metrics}
 
 
-def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Model logits -> user-facing columns: p_<t> (binary), probs_<t> + pred_<t> (multiclass), pred_<t>."""
+def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor],
+                       targets: dict[str, dict] | None = None) -> dict[str, np.ndarray]:
+    """Model logits -> user-facing columns: p_<t> (binary), probs_<t> + pred_<t> (multiclass), pred_<t>
+    (regression, in the label's original units: ``targets`` is PreprocessState.targets)."""
     cols: dict[str, np.ndarray] = {}
     for t in cfg.task_names():
         ttype, z = cfg.dataset.task(t).type, out[t].float().cpu().numpy()
@@ -85,7 +88,7 @@ def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor]) -> d
             p = softmax(z).astype(np.float32)
             cols[f"probs_{t}"], cols[f"pred_{t}"] = p, p.argmax(1)
         else:
-            cols[f"pred_{t}"] = z.astype(np.float32)
+            cols[f"pred_{t}"] = original_units((targets or {}).get(t), z).astype(np.float32)
     return cols
 
 
@@ -102,7 +105,7 @@ class BatchPredictor:
         with torch.no_grad():
             out = self.model(to_tensors(packed))
         cols = {"id": pa.array(ids)}
-        for k, v in prediction_columns(self.cfg, out).items():
+        for k, v in prediction_columns(self.cfg, out, self.state.targets).items():
             cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1]) if v.ndim == 2 else pa.array(v)
         return pa.table(cols)
 

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.preprocess import PreprocessState, input_shapes
+from ple_adatt.data.targets import to_original_units
 from ple_adatt.tracking.mlflow_tracking import make_logger
 from ple_adatt.train.build import build_adatt, build_model, build_weighting, set_schedule_position
 from ple_adatt.train.checkpoint import load_state, save_checkpoint
@@ -99,7 +100,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     # [2] model, loss weighting, adaTT, optimizer, schedule; resume from the latest checkpoint
     torch.manual_seed(t_cfg.seed)
-    raw_model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
+    raw_model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k, targets=state.targets)
     weighting, adatt = build_weighting(cfg), build_adatt(cfg)
     steps = steps_per_epoch(config["train_rows"], world, t_cfg.batch_size)
     phase = 1
@@ -179,7 +180,9 @@ def train_loop_per_worker(config: dict) -> None:
         metrics.update({f"weight/{t}": w for t, w in weighting.weights().items()})
         if rank == 0:
             metrics.update({f"val/{k}": v for k, v in validation_loss(cfg, preds).items()})
-            metrics.update({f"val/{k}": v for k, v in evaluate_predictions(task_types, preds).items()})
+            # the loss in the units it trains in; metrics in the label's original units
+            metrics.update({f"val/{k}": v for k, v in evaluate_predictions(
+                task_types, to_original_units(preds, state.targets)).items()})
             elapsed = time.perf_counter() - run_start
             eta = elapsed / (epoch - start_epoch + 1) * (total_epochs - epoch - 1)
             summary = " ".join(f"{k.split('/', 2)[-1]}={metrics[k]:.4f}" for k in sorted(metrics)
