@@ -96,3 +96,26 @@ def test_rare_tasks_are_named_with_the_option_that_fits():
     assert "handled with loss=focal" in lines[1]
     assert rare_task_advice({"x": {"type": "binary", "n": 10, "rate": 0.99}}, {"x": "bce"}, {})[0].startswith(
         "task 'x': negatives are 1.00%")
+
+
+def test_gbdt_baseline_sees_the_model_features_and_reports_the_model_metric_names(tiny):
+    """launch/baseline.py without Ray: the packed feature matrix and one LightGBM task per type."""
+    from ple_adatt.launch.baseline import comparison_lines, feature_matrix, fit_one_task
+
+    cfg, state, table = tiny
+    data = {s: feature_matrix(cfg, state, s) for s in ("train", "val")}
+    tr = data["train"]
+    # 3 numeric + 2 categorical codes + a [5, 2] sequence flattened
+    assert tr["X"].shape == (table.num_rows, 3 + 2 + 10) and len(tr["names"]) == 15
+    assert [tr["names"][i] for i in tr["categorical"]] == ["cat.cat.0", "cat.cat.1"]
+    raw = table.column("y_value").to_numpy(zero_copy_only=False)
+    assert np.allclose(tr["label/value"][tr["mask/value"]], raw[~np.isnan(raw)], atol=1e-4)  # original units
+    out = {t: fit_one_task(t, cfg.dataset.task(t).type, cfg.dataset.task(t).num_classes, data,
+                            max_rounds=40)["metrics"]
+           for t in ("click", "stage", "value")}
+    assert {"val/click/auc", "val/click/oracle_gap_auc", "val/click/logloss"} <= set(out["click"])
+    assert {"val/stage/accuracy", "val/stage/macro_f1"} <= set(out["stage"])
+    assert {"val/value/rmse", "val/value/r2"} <= set(out["value"])
+    assert 0.5 < out["click"]["val/click/auc"] <= 1.0
+    lines = comparison_lines({"click/auc": 0.7, "click/n": 10}, out["click"], "val")
+    assert lines[1].startswith("click/auc") and f"{out['click']['val/click/auc']:.6f}" in lines[1]

@@ -326,6 +326,17 @@ class FaultInjection(Section):
     file stops that failure from firing again."""
 
 
+class EarlyStopping(Section):
+    """Stop when the objective (train.checkpoint_metric, in train.checkpoint_mode) has not improved
+    for `patience` epochs; every worker stops at the same epoch, and evaluate/predict default to the
+    best checkpoint."""
+
+    patience: int = Field(3, ge=1)
+    """Epochs without an improvement of more than min_delta before the run stops."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """Smallest change of the objective that counts as an improvement (in its units)."""
+
+
 class TrainConfig(Section):
     epochs: int = Field(5, ge=1)
     """Phase-1 epochs (two_phase adds phase2_epochs)."""
@@ -360,6 +371,9 @@ class TrainConfig(Section):
     """Metric that ranks checkpoints (which of them run.checkpoints_to_keep keeps)."""
     checkpoint_mode: Literal["min", "max"] = "min"
     """Whether a lower (min) or higher (max) checkpoint_metric is better."""
+    early_stopping: EarlyStopping | None = None
+    """Early stopping on checkpoint_metric; None (the default) trains every epoch. Turn it on with
+    `train.early_stopping={patience: 3}` (min_delta 0)."""
     fault_injection: FaultInjection | None = None
     """Testing aid: make one rank raise once at an epoch (a marker file records it happened)."""
 

@@ -25,9 +25,33 @@ from ple_adatt.train.build import build_model
 from ple_adatt.train.checkpoint import load_config_and_preprocess, load_state
 from ple_adatt.train.evaluate import predict_batches
 from ple_adatt.train.metrics import evaluate_predictions, sigmoid, softmax
+from ple_adatt.train.monitor import collapse_flags, prediction_spreads
 from ple_adatt.train.step import validation_loss
 
 SPLITS = ("train", "val", "test")
+CHECKPOINT_CHOICES = ("best", "last")
+
+
+def resolve_checkpoint(checkpoint: str, run: str | None = None) -> str:
+    """The checkpoint folder evaluate/predict read: ``checkpoint`` is a checkpoint folder (holds
+    state.pt), a run folder (its best checkpoint), or best|last of the run folder ``run``. A run
+    folder names its checkpoints in best_checkpoint.json (written when the run finishes; best by
+    train.checkpoint_metric)."""
+    if checkpoint in CHECKPOINT_CHOICES:
+        if run is None:
+            raise ValueError(f"--checkpoint {checkpoint} needs --run <run folder> (or pass a checkpoint/run folder)")
+        which, folder = checkpoint, run
+    elif storage.is_file(storage.join(checkpoint, "state.pt")):
+        return checkpoint
+    else:
+        which, folder = "best", checkpoint
+    index = storage.join(folder, "best_checkpoint.json")
+    if not storage.is_file(index):
+        raise FileNotFoundError(f"{folder} is neither a checkpoint folder (no state.pt) nor a finished run folder "
+                                f"(no best_checkpoint.json); pass a checkpoint folder such as {folder}/epoch_0004")
+    names = json.loads(storage.read_text(index))
+    chosen = names.get("best") if which == "best" else names.get("latest")
+    return chosen or names["latest"]  # a run without a ranked checkpoint: its latest
 
 
 def load_model(checkpoint: str | Path) -> tuple[ExperimentConfig, PreprocessState, torch.nn.Module]:
@@ -71,7 +95,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str | None = N
     tasks = cfg.task_names()
     preds = predict_batches(model, _torch_batches(spec, state, tasks, split, batch_rows), tasks, torch.device("cpu"))
     types = {t: spec.task(t).type for t in tasks}
-    metrics = {**validation_loss(cfg, preds), **evaluate_predictions(types, to_original_units(preds, state.targets))}
+    metrics = {**validation_loss(cfg, preds), **evaluate_predictions(types, to_original_units(preds, state.targets)),
+               **prediction_spreads(types, preds)}
+    metrics.update(collapse_flags(types, metrics, prefix=""))
     return {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, "metrics": metrics}
 
 
