@@ -96,3 +96,12 @@ def test_evaluate_and_predict_pick_the_best_checkpoint_of_a_run(tmp_path):
         resolve_checkpoint("best")
     with pytest.raises(FileNotFoundError, match="neither a checkpoint folder"):
         resolve_checkpoint(str(tmp_path))
+
+
+def test_results_rows_carry_the_collapse_flag():
+    from ple_adatt.report.results import metric_rows
+
+    m = {"val/click/auc": 0.5, "val/click/collapsed": 1.0, "val/value/rmse": 1.0, "val/value/collapsed": 0.0}
+    rows = metric_rows("v", 0, None, m, {"click": "binary", "value": "regression"},
+                       {"binary": ["auc"], "regression": ["rmse"]})
+    assert [(r["task"], r["collapsed"]) for r in rows] == [("click", True), ("value", False)]
