@@ -17,7 +17,7 @@ def main() -> None:
     cfg, _ = parse_experiment(__doc__.splitlines()[0])
     try:
         result = fit(cfg)
-    except (DataError, ResourceError) as e:
+    except (DataError, ResourceError, ValueError) as e:  # ValueError: a model the workers could not build
         fail(e)
     print_summary(cfg, result)
 

@@ -104,7 +104,7 @@ def train_rank(rank: int, world: int, cfg, state, data: dict, batch_per_rank: in
     from ple_adatt.train.trainable import TrainableSet, begin_epoch, phase_optimizer
 
     torch.manual_seed(cfg.train.seed)
-    raw = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
+    raw = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k, targets=state.targets)
     weighting, adatt = build_weighting(cfg), build_adatt(cfg)
     optimizer, scheduler = phase_optimizer(cfg, raw, weighting, adatt, 1, steps_per_epoch)
     trainer = Trainer(cfg, raw, raw, weighting, adatt, optimizer, scheduler, world=world)

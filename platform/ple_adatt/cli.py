@@ -15,9 +15,12 @@ from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import DataError
 
 
-def config_parser(description: str) -> argparse.ArgumentParser:
+def config_parser(description: str, extra: list[tuple[str, str]] = ()) -> argparse.ArgumentParser:
+    """``extra``: (flag, help) pairs of optional string flags a job adds (e.g. ("--out", "...")),"""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=True, help="experiment YAML (may use `base:` and `dataset:` refs)")
+    for flag, help_text in extra:
+        p.add_argument(flag, default=None, help=help_text)
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.arch=mmoe")
     return p
 
@@ -27,8 +30,9 @@ def fail(err: Exception) -> "NoReturn":  # noqa: F821
     raise SystemExit(2)
 
 
-def parse_experiment(description: str, argv: list[str] | None = None) -> tuple[ExperimentConfig, argparse.Namespace]:
-    args = config_parser(description).parse_args(argv)
+def parse_experiment(description: str, argv: list[str] | None = None,
+                     extra: list[tuple[str, str]] = ()) -> tuple[ExperimentConfig, argparse.Namespace]:
+    args = config_parser(description, extra).parse_args(argv)
     try:
         return load_config(args.config, args.overrides), args
     except (ConfigError, DataError) as e:
@@ -45,12 +49,16 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        from ple_adatt.train.build import check_model_builds
+
+        check_model_builds(cfg)  # e.g. ple_hetero with no expert receiving a feature group
         if not args.no_data:
             from ple_adatt.data.files import check_dataset
 
-            rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())
+            splits = ("train", "val", "test") if cfg.dataset.splits.test is not None else ("train", "val")
+            rows = check_dataset(cfg.dataset, splits, cfg.task_names())
             print(f"dataset '{cfg.dataset.name}': {rows}")
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, ValueError) as e:
         fail(e)
     print(f"ok: {args.config} ({cfg.name}, {len(cfg.task_names())} tasks, model {cfg.model.arch})")
 

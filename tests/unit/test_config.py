@@ -14,7 +14,7 @@ def test_smoke_config_loads_and_resolves_dataset_paths():
     assert cfg.model.arch == "ple"
     assert Path(cfg.dataset.splits.train).is_absolute()
     assert cfg.task_names() == ["click", "stage", "value"]
-    assert cfg.task_loss("click") == "bce" and cfg.task_loss("stage") == "ce" and cfg.task_loss("value") == "huber"
+    assert cfg.task_loss("click") == "bce" and cfg.task_loss("stage") == "ce" and cfg.task_loss("value") == "mse"
 
 
 def test_dotted_overrides_parse_yaml_values_and_scientific_notation():

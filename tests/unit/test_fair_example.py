@@ -26,6 +26,7 @@ import torch
 from ple_adatt.config.loading import load_config
 from ple_adatt.data.files import check_dataset, split_files
 from ple_adatt.data.preprocess import Packer, fit_preprocessing, input_shapes
+from ple_adatt.data.targets import original_units, to_original_units
 from ple_adatt.launch.inference import to_tensors
 from ple_adatt.train.build import build_model, build_weighting
 from ple_adatt.train.evaluate import predict_batches
@@ -111,7 +112,7 @@ def test_trains_from_the_dataset_yaml(fair_tree):
     assert m["marriage_rating/logloss"] < prior_logloss - 0.004, (m["marriage_rating/logloss"], prior_logloss)
     assert m["marriage_rating/accuracy"] > 0.38, m  # near the 0.41 majority class, not collapsed
     # log_affairs: better than always predicting the train mean
-    r_train, r_val = train["label/log_affairs"].numpy(), val["label/log_affairs"].numpy()
+    r_train, r_val = (original_units(state.targets["log_affairs"], d["label/log_affairs"].numpy()) for d in (train, val))
     assert m["log_affairs/rmse"] < float(np.sqrt(((r_val - r_train.mean()) ** 2).mean())), m
 
 
@@ -119,7 +120,7 @@ def _train_and_evaluate(cfg, state, train, val) -> dict[str, float]:
     """A plain loop (no Ray, no LR schedule): AdamW with the config's epochs, batch size, lr, decay."""
     spec, tasks = cfg.dataset, cfg.task_names()
     torch.manual_seed(0)
-    model = build_model(cfg, input_shapes(spec, state), state.cluster_k)
+    model = build_model(cfg, input_shapes(spec, state), state.cluster_k, targets=state.targets)
     weighting = build_weighting(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     n = len(train["label/had_affair"])
@@ -132,4 +133,4 @@ def _train_and_evaluate(cfg, state, train, val) -> dict[str, float]:
             sum(weighted.values()).backward()
             opt.step()
     return evaluate_predictions({t: spec.task(t).type for t in tasks},
-                                predict_batches(model, [val], tasks, torch.device("cpu")))
+                                to_original_units(predict_batches(model, [val], tasks, torch.device("cpu")), state.targets))

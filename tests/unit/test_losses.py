@@ -1,6 +1,8 @@
 import math
 import typing
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -48,3 +50,21 @@ def test_multiclass_focal_reduces_to_ce_scaled():
     logits, y = torch.randn(16, 4), torch.randint(0, 4, (16,))
     m = torch.ones(16, dtype=torch.bool)
     assert torch.allclose(focal(logits, y, m, focal_alpha=0.5, focal_gamma=0.0), 0.5 * ce(logits, y, m), atol=1e-6)
+
+
+def test_bce_pos_weight_scales_only_the_positive_rows():
+    logits, y, mask = torch.tensor([0.3, -1.2, 2.0]), torch.tensor([1.0, 0.0, 1.0]), torch.ones(3, dtype=torch.bool)
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    expected = (plain * torch.tensor([4.0, 1.0, 4.0])).mean()
+    assert torch.allclose(bce(logits, y, mask, pos_weight=4.0), expected)
+    assert torch.allclose(bce(logits, y, mask), plain.mean())
+
+
+def test_pos_weight_is_rejected_outside_binary_bce():
+    from ple_adatt.config.loading import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="tasks.value.pos_weight: only for binary tasks with loss bce"):
+        load_config("configs/smoke/tiny.yaml", ["tasks.value.pos_weight=3"])
+    with pytest.raises(ConfigError, match="tasks.click.pos_weight: only for binary tasks with loss bce"):
+        load_config("configs/smoke/tiny.yaml", ["tasks.click.pos_weight=3", "tasks.click.loss=focal"])
+    assert load_config("configs/smoke/tiny.yaml", ["tasks.click.pos_weight=3"]).task_settings("click").pos_weight == 3

@@ -23,6 +23,17 @@ def test_multiclass_and_regression():
     assert math.isclose(r["mae"], 2 / 3) and math.isclose(r["rmse"], math.sqrt(4 / 3))
 
 
+def test_oracle_gap_is_positive_when_the_model_is_worse_for_every_metric():
+    y = np.array([0.0, 1.0, 2.0, 3.0])
+    r = task_metrics("regression", np.array([0.5, 1.5, 1.5, 3.5]), y, oracle=y + 0.1)
+    for k in ("mae", "rmse", "r2"):
+        assert r[f"oracle_gap_{k}"] > 0, k  # worse model: larger error, lower R², all positive gaps
+    assert math.isclose(r["oracle_gap_rmse"], r["rmse"] - r["oracle_rmse"])
+    assert math.isclose(r["oracle_gap_r2"], r["oracle_r2"] - r["r2"])
+    b = task_metrics("binary", np.array([2.0, -2.0]), np.array([0, 1]), oracle=np.array([0.2, 0.8]))
+    assert b["oracle_gap_auc"] > 0 and b["oracle_gap_logloss"] > 0
+
+
 def test_per_type_averages_never_mix_types_and_masks_apply():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 100)
@@ -72,7 +83,7 @@ def test_metric_mode_of_full_names():
 
     names = ("val/loss", "val/avg/binary/auc", "val/value/mae", "val/click/logloss", "val/click/oracle_gap_auc",
              "val/x/oracle_gap_rmse", "val/x/oracle_rmse", "train/loss", "val/stage/top3")
-    assert [metric_mode(m) for m in names] == ["min", "max", "min", "min", "min", "max", "min", "min", "max"]
+    assert [metric_mode(m) for m in names] == ["min", "max", "min", "min", "min", "min", "min", "min", "max"]
     with pytest.raises(ValueError, match="unknown metric direction for 'gini'.*'auc'"):
         metric_mode("val/x/gini")
 

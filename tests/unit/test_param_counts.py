@@ -28,7 +28,7 @@ def test_exact_parameter_count(rel, request):
     cfg = load_config(rel, [f"dataset={request.getfixturevalue(fixture)}"])
     state = fit_preprocessing(cfg.dataset)
     torch.manual_seed(0)
-    model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
+    model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k, targets=state.targets)  # priors set
     assert cfg.model.arch == arch
     assert sum(p.numel() for p in model.parameters()) == expected
 

@@ -135,7 +135,7 @@ def test_known_metrics_and_derived_modes():
     assert "val/stage/auc" not in known and "val/avg/contrastive/accuracy" not in known
     assert [metric_mode(m) for m in ("val/loss", "val/click/auc", "val/value/mae", "val/click/logloss",
                                      "val/click/oracle_gap_auc", "val/x/oracle_gap_rmse")] == \
-        ["min", "max", "min", "min", "min", "max"]
+        ["min", "max", "min", "min", "min", "min"]
 
 
 def test_mode_must_match_metric_shape(tmp_path):

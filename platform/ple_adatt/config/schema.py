@@ -17,7 +17,7 @@ LossName = Literal["focal", "bce", "ce", "huber", "mse", "infonce"]
 LOSSES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "binary": ("bce", "focal"),
     "multiclass": ("ce", "focal"),
-    "regression": ("huber", "mse"),
+    "regression": ("mse", "huber"),
     "contrastive": ("infonce", "ce"),
 }
 
@@ -26,7 +26,8 @@ class TaskTrainConfig(Section):
     """Per-task training settings; the task itself (type, label) lives in the dataset spec."""
 
     loss: LossName | None = None
-    """None picks the default for the task type (binary: bce, multiclass: ce, regression: huber)."""
+    """None picks the default for the task type (binary: bce, multiclass: ce, regression: mse on the
+    standardised target, contrastive: infonce); see docs/rare-tasks.md for rare binary tasks."""
     weight: float = Field(1.0, ge=0.0)
     """Fixed task weight, applied exactly once (inside the weighting strategy)."""
     focal_alpha: float = Field(0.25, gt=0.0, lt=1.0)
@@ -34,7 +35,11 @@ class TaskTrainConfig(Section):
     focal_gamma: float = Field(2.0, ge=0.0)
     """Focal gamma: down-weights easy examples by (1 - p_t)^gamma; 0 = plain cross-entropy."""
     huber_delta: float = Field(1.0, gt=0.0)
-    """Huber loss: quadratic below delta, linear above (regression tasks)."""
+    """Huber loss: quadratic below delta, linear above (regression tasks), in standard deviations of
+    the train-split target (regression labels are standardised before the loss)."""
+    pos_weight: float | None = Field(None, gt=0.0)
+    """Binary tasks with loss=bce: weight of the positive rows (n_neg / n_pos balances the classes);
+    None = 1. The run names rare tasks (base rate < 5 %) and the value that balances them."""
 
 
 class ExpertsSection(Section):
@@ -321,6 +326,17 @@ class FaultInjection(Section):
     file stops that failure from firing again."""
 
 
+class EarlyStopping(Section):
+    """Stop when the objective (train.checkpoint_metric, in train.checkpoint_mode) has not improved
+    for `patience` epochs; every worker stops at the same epoch, and evaluate/predict default to the
+    best checkpoint."""
+
+    patience: int = Field(3, ge=1)
+    """Epochs without an improvement of more than min_delta before the run stops."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """Smallest change of the objective that counts as an improvement (in its units)."""
+
+
 class TrainConfig(Section):
     epochs: int = Field(5, ge=1)
     """Phase-1 epochs (two_phase adds phase2_epochs)."""
@@ -355,6 +371,9 @@ class TrainConfig(Section):
     """Metric that ranks checkpoints (which of them run.checkpoints_to_keep keeps)."""
     checkpoint_mode: Literal["min", "max"] = "min"
     """Whether a lower (min) or higher (max) checkpoint_metric is better."""
+    early_stopping: EarlyStopping | None = None
+    """Early stopping on checkpoint_metric; None (the default) trains every epoch. Turn it on with
+    `train.early_stopping={patience: 3}` (min_delta 0)."""
     fault_injection: FaultInjection | None = None
     """Testing aid: make one rank raise once at an epoch (a marker file records it happened)."""
 
@@ -461,6 +480,10 @@ class ExperimentConfig(Section):
                 errors.append(
                     f"tasks.{t.name}.loss: '{loss}' does not fit a {t.type} task (valid: {list(LOSSES_BY_TYPE[t.type])})"
                 )
+            if t.name in self.tasks and self.tasks[t.name].pos_weight is not None and (
+                    t.type != "binary" or (loss or "bce") != "bce"):
+                errors.append(f"tasks.{t.name}.pos_weight: only for binary tasks with loss bce (task '{t.name}' is "
+                              f"{t.type}, loss {loss or LOSSES_BY_TYPE[t.type][0]}); focal has focal_alpha instead")
         if self.model.arch == "single_task" and self.loss_weighting.name == "gradnorm":
             errors.append("loss_weighting.name: gradnorm needs shared parameters; model.arch=single_task has none")
         if self.model.arch == "single_task" and self.adatt.enabled:

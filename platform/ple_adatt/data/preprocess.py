@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from ple_adatt.config.dataset import DatasetSpec
 from ple_adatt.data.files import parquet_dataset, split_files
+from ple_adatt.data.targets import fit_label_stats, standardise_label
 
 EPS = 1e-6
 
@@ -34,6 +35,9 @@ class PreprocessState:
     """categorical group -> per column, the kept values (index i+1; 0 = unseen/null)."""
     cluster_k: int | None = None
     train_rows: int = 0
+    targets: dict[str, dict] = field(default_factory=dict)
+    """task -> train-split label statistics (data/targets.py): base rate, class priors, regression
+    mean/std (regression labels are standardised with them; outputs are mapped back)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +111,7 @@ def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> Preprocess
             sums[name] = sums.get(name, 0) + x.sum(0)
             sqs[name] = sqs.get(name, 0) + (x * x).sum(0)
             counts[name] = counts.get(name, 0) + ok.sum(0)
-    state = PreprocessState(train_rows=rows)
+    state = PreprocessState(train_rows=rows, targets=fit_label_stats(spec, files, batch_rows))
     for name, g in spec.groups.items():
         if g.kind == "categorical":
             state.vocab[name] = [[v for v, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[: g.max_vocab - 1]]
@@ -163,6 +167,7 @@ class Packer:
                 y = col.fill_null(0).cast(pa.int64()).to_numpy(zero_copy_only=False)
             else:
                 y = col.cast(pa.float32()).fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32)
+                y = standardise_label(st.targets.get(name), y)  # regression: train-split standard units
             out[f"label/{name}"], out[f"mask/{name}"] = y, mask
             if self.with_oracles and task.oracle:
                 oc = table.column(task.oracle)

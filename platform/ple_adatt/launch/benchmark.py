@@ -34,7 +34,7 @@ def plain_loop(cfg: ExperimentConfig, state, epochs: int) -> list[float]:
     torch.manual_seed(cfg.train.seed)
     data = load_train_tensors(cfg, state)
     n, bs = len(next(iter(data.values()))), cfg.train.batch_size
-    model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
+    model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k, targets=state.targets)
     weighting, adatt = build_weighting(cfg), build_adatt(cfg)
     opt, sched = phase_optimizer(cfg, model, weighting, adatt, 1, -(-n // bs))
     trainer = Trainer(cfg, model, model, weighting, adatt, opt, sched)

@@ -23,8 +23,11 @@ from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import check_dataset
 from ple_adatt.data.reading import read_split
 from ple_adatt.data.preprocess import Packer, PreprocessState, fit_preprocessing
+from ple_adatt.data.targets import rare_task_advice
 from ple_adatt.tracking import mlflow_tracking as mt
+from ple_adatt.train.build import check_model_builds
 from ple_adatt.train.loop import train_loop_per_worker
+from ple_adatt.train.monitor import flagged_from_metrics
 
 
 class ResourceError(ValueError):
@@ -141,6 +144,11 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
     uri = mt.resolve_tracking_uri(cfg.tracking.uri, storage) if cfg.tracking.enabled else None
     rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())  # before any worker starts
     state = fit_preprocessing(cfg.dataset)
+    check_model_builds(cfg, state)  # a config the workers could not build fails here, before Ray
+    if verbose:
+        for line in rare_task_advice(state.targets, {t: cfg.task_loss(t) for t in cfg.task_names()},
+                                     {t: cfg.task_settings(t).pos_weight for t in cfg.task_names()}):
+            print(f"[ple-adatt] {line}", flush=True)
     ensure_ray(local_cpus_needed(cfg))
     check_resources(cfg)
     name = run_name or cfg.run_name()
@@ -205,4 +213,5 @@ def _log_final(cfg: ExperimentConfig, res: FitResult) -> None:
             log.log_artifact(Path(tmp) / f)
         st.upload_dir(tmp, res.run_dir)
     log.set_tag("best_checkpoint", str(res.best_checkpoint_path))
+    log.set_tag("collapsed_tasks", ",".join(flagged_from_metrics(res.metrics)) or "none")
     log.finish("FINISHED")

@@ -21,13 +21,38 @@ from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import check_dataset, parquet_dataset, split_files
 from ple_adatt.data.reading import read_split
 from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes
+from ple_adatt.data.targets import original_units, to_original_units
 from ple_adatt.train.build import build_model
 from ple_adatt.train.checkpoint import load_config_and_preprocess, load_state
 from ple_adatt.train.evaluate import predict_batches
 from ple_adatt.train.metrics import evaluate_predictions, sigmoid, softmax
+from ple_adatt.train.monitor import collapse_flags, prediction_spreads
 from ple_adatt.train.step import validation_loss
 
 SPLITS = ("train", "val", "test")
+CHECKPOINT_CHOICES = ("best", "last")
+
+
+def resolve_checkpoint(checkpoint: str, run: str | None = None) -> str:
+    """The checkpoint folder evaluate/predict read: ``checkpoint`` is a checkpoint folder (holds
+    state.pt), a run folder (its best checkpoint), or best|last of the run folder ``run``. A run
+    folder names its checkpoints in best_checkpoint.json (written when the run finishes; best by
+    train.checkpoint_metric)."""
+    if checkpoint in CHECKPOINT_CHOICES:
+        if run is None:
+            raise ValueError(f"--checkpoint {checkpoint} needs --run <run folder> (or pass a checkpoint/run folder)")
+        which, folder = checkpoint, run
+    elif storage.is_file(storage.join(checkpoint, "state.pt")):
+        return checkpoint
+    else:
+        which, folder = "best", checkpoint
+    index = storage.join(folder, "best_checkpoint.json")
+    if not storage.is_file(index):
+        raise FileNotFoundError(f"{folder} is neither a checkpoint folder (no state.pt) nor a finished run folder "
+                                f"(no best_checkpoint.json); pass a checkpoint folder such as {folder}/epoch_0004")
+    names = json.loads(storage.read_text(index))
+    chosen = names.get("best") if which == "best" else names.get("latest")
+    return chosen or names["latest"]  # a run without a ranked checkpoint: its latest
 
 
 def load_model(checkpoint: str | Path) -> tuple[ExperimentConfig, PreprocessState, torch.nn.Module]:
@@ -71,12 +96,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str | None = N
     tasks = cfg.task_names()
     preds = predict_batches(model, _torch_batches(spec, state, tasks, split, batch_rows), tasks, torch.device("cpu"))
     types = {t: spec.task(t).type for t in tasks}
-    metrics = {**validation_loss(cfg, preds), **evaluate_predictions(types, preds)}
+    metrics = {**validation_loss(cfg, preds), **evaluate_predictions(types, to_original_units(preds, state.targets)),
+               **prediction_spreads(types, preds)}
+    metrics.update(collapse_flags(types, metrics, prefix=""))
     return {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, "metrics": metrics}
 
 
-def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Model logits -> user-facing columns: p_<t> (binary), probs_<t> + pred_<t> (multiclass), pred_<t>."""
+def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor],
+                       targets: dict[str, dict] | None = None) -> dict[str, np.ndarray]:
+    """Model logits -> user-facing columns: p_<t> (binary), probs_<t> + pred_<t> (multiclass), pred_<t>
+    (regression, in the label's original units: ``targets`` is PreprocessState.targets)."""
     cols: dict[str, np.ndarray] = {}
     for t in cfg.task_names():
         ttype, z = cfg.dataset.task(t).type, out[t].float().cpu().numpy()
@@ -86,7 +115,7 @@ def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor]) -> d
             p = softmax(z).astype(np.float32)
             cols[f"probs_{t}"], cols[f"pred_{t}"] = p, p.argmax(1)
         else:
-            cols[f"pred_{t}"] = z.astype(np.float32)
+            cols[f"pred_{t}"] = original_units((targets or {}).get(t), z).astype(np.float32)
     return cols
 
 
@@ -103,7 +132,7 @@ class BatchPredictor:
         with torch.no_grad():
             out = self.model(to_tensors(packed))
         cols = {"id": pa.array(ids)}
-        for k, v in prediction_columns(self.cfg, out).items():
+        for k, v in prediction_columns(self.cfg, out, self.state.targets).items():
             cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1]) if v.ndim == 2 else pa.array(v)
         return pa.table(cols)
 

@@ -104,7 +104,7 @@ def known_metrics(cfg: ExperimentConfig) -> dict[str, str]:
         for m in METRICS_BY_TYPE[task.type]:
             out[f"val/{t}/{m}"] = f"{t} ({task.type}) {m}"
             if task.oracle:
-                out[f"val/{t}/oracle_gap_{m}"] = f"{t} oracle {m} - model {m}"
+                out[f"val/{t}/oracle_gap_{m}"] = f"{t} oracle gap in {m} (positive = model worse)"
     for tt in dict.fromkeys(types):
         for m in METRICS_BY_TYPE[tt]:
             out[f"val/avg/{tt}/{m}"] = f"mean {m} over {tt} tasks"

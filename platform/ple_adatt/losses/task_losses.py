@@ -15,8 +15,10 @@ def _masked_mean(per_row: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (per_row * m).sum() / m.sum().clamp_min(1.0)
 
 
-def bce(logits, target, mask, **_):
-    per = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+def bce(logits, target, mask, pos_weight: float | None = None, **_):
+    """Binary cross-entropy on logits; ``pos_weight`` scales the positive rows' term (rare tasks)."""
+    pw = None if pos_weight is None else torch.tensor(float(pos_weight), device=logits.device)
+    per = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none", pos_weight=pw)
     return _masked_mean(per, mask)
 
 

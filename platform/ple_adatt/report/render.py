@@ -144,7 +144,8 @@ def write_report(out_dir: str | Path, results: pd.DataFrame, meta: st.StudyMeta 
     if "oracle_gap" in df.columns and df["oracle_gap"].notna().any():
         gaps = st.summarize(df, ["variant", "task", "metric"], meta.ci_level, value="oracle_gap")
         doc.append(("Oracle gaps", [
-            "Oracle gap as reported by the evaluator, in the metric's units; mean "
+            "Oracle gap as reported by the evaluator, in the metric's units (positive = the model is "
+            "worse than the oracle, for every metric); mean "
             f"[{meta.ci_level:.0%} CI] over seeds.",
             _wide_ci(gaps, ["task", "metric"], variants)]))
     doc.append(("Plots", [_Image(plot(f"seeds_{_slug(tt)}.png", _strip_figure(df, tt, variants)),

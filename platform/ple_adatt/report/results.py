@@ -30,7 +30,9 @@ def metric_rows(variant: str, seed: int, level: float | None, metrics: dict, tas
             gap = metrics.get(f"val/{task}/oracle_gap_{m}")
             rows.append({"variant": variant, "seed": int(seed), "task": task, "task_type": ttype, "metric": m,
                          "value": float(v), "oracle_gap": float(gap) if isinstance(gap, (int, float)) else math.nan,
-                         "level": level})
+                         "level": level,
+                         # train/monitor.py's flag: this run's validation predictions for the task had no signal
+                         "collapsed": bool(metrics.get(f"val/{task}/collapsed", 0.0))})
     return rows
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.train.metrics import METRICS_BY_TYPE
+from ple_adatt.train.monitor import flagged_from_metrics
 
 
 def _shown(ttype: str) -> list[str]:
@@ -30,6 +31,12 @@ def summary_lines(cfg: ExperimentConfig, metrics: dict, prefix: str = "val/") ->
 def print_summary(cfg: ExperimentConfig, result) -> None:
     print(f"\n== {cfg.name}: validation metrics after epoch {int(result.metrics.get('epoch', -1)) + 1} ==")
     print("\n".join(summary_lines(cfg, result.metrics)))
+    collapsed = flagged_from_metrics(result.metrics)
+    if collapsed:
+        print(f"COLLAPSED tasks (validation predictions carry no signal): {', '.join(collapsed)}. "
+              f"See docs/rare-tasks.md (loss=focal, pos_weight, a lower lr or more epochs).")
+    if result.metrics.get("early_stopped"):
+        print(f"stopped early: {cfg.train.checkpoint_metric} stopped improving (train.early_stopping)")
     print(f"checkpoint (latest): {result.checkpoint_path}")
     print(f"checkpoint (best {cfg.train.checkpoint_metric}): {result.best_checkpoint_path}")
     if result.mlflow_run_id:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ple_adatt.adatt import AdaTT
 from ple_adatt.config.schema import ExperimentConfig
+from ple_adatt.data.targets import output_bias
 from ple_adatt.losses.weighting import WEIGHTINGS
 from ple_adatt.model.assembly import HeteroPLE
 from ple_adatt.model.baselines import MMoE, PLE, InputEncoder, MultiTaskModel, SharedBottom, SingleTask, Towers
@@ -27,9 +28,50 @@ def task_output_dims(cfg: ExperimentConfig) -> dict[str, int]:
     return out
 
 
-def build_model(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: int | None = None) -> nn.Module:
-    """inputs: data.preprocess.input_shapes(...) -> a model emitting logits per task."""
-    return MODEL_BUILDERS[cfg.model.arch](cfg, inputs, cluster_k)
+def build_model(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: int | None = None,
+                targets: dict[str, dict] | None = None) -> nn.Module:
+    """inputs: data.preprocess.input_shapes(...) -> a model emitting logits per task. With
+    ``targets`` (PreprocessState.targets) every task's output bias starts at its train-split prior."""
+    model = MODEL_BUILDERS[cfg.model.arch](cfg, inputs, cluster_k)
+    if targets:
+        init_output_biases(model, targets)
+    return model
+
+
+def check_model_builds(cfg: ExperimentConfig, state=None) -> None:
+    """Build the model once on the CPU, without data (the meta device cannot run the gates'
+    data-dependent buffers; a model is MBs), so configs that would fail in the workers (e.g. ple_hetero with no expert receiving a feature group) fail in the driver or in
+    `ple-adatt validate`. Without a fitted ``state`` every categorical column gets a 2-slot vocabulary
+    and cluster_probs 4 clusters: shapes that matter for routing, not for widths.
+    Raises ValueError naming the arch and the builder's message."""
+    from ple_adatt.data.preprocess import PreprocessState, input_shapes
+
+    spec = cfg.dataset
+    if state is None:
+        state = PreprocessState(vocab={n: [["x"]] * len(g.columns) for n, g in spec.groups.items()
+                                       if g.kind == "categorical"}, cluster_k=4 if spec.cluster_probs else None)
+    try:
+        build_model(cfg, input_shapes(spec, state), state.cluster_k)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"model.arch={cfg.model.arch} cannot be built for dataset '{spec.name}': {e}") from e
+
+
+def init_output_biases(model: nn.Module, targets: dict[str, dict]) -> list[str]:
+    """Set each task head's bias to its prior (data/targets.output_bias: binary log-odds, multiclass
+    centred log-priors, regression 0 = the standardised mean), for every arch: a head is the
+    ``head`` Linear of the TaskTower registered under the task's name. Returns the tasks set.
+    Without it a rare task starts at p = 0.5 and spends its first epochs learning the base rate."""
+    done = []
+    for name, module in model.named_modules():
+        task = name.rsplit(".", 1)[-1]
+        if not isinstance(module, TaskTower) or task not in targets:
+            continue
+        bias = output_bias(targets[task], module.head.out_features)
+        if bias is not None and module.head.bias is not None:
+            with torch.no_grad():
+                module.head.bias.copy_(torch.as_tensor(bias, dtype=module.head.bias.dtype))
+            done.append(task)
+    return done
 
 
 def _mlp_extractor_model(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: int | None) -> nn.Module:

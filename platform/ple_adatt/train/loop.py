@@ -19,12 +19,14 @@ import torch.distributed as dist
 
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.preprocess import PreprocessState, input_shapes
+from ple_adatt.data.targets import to_original_units
 from ple_adatt.tracking.mlflow_tracking import make_logger
 from ple_adatt.train.build import build_adatt, build_model, build_weighting, set_schedule_position
 from ple_adatt.train.checkpoint import load_state, save_checkpoint
 from ple_adatt.train.diagnostics import log_adatt_diagnostics, log_gate_diagnostics
 from ple_adatt.train.evaluate import predict_distributed
 from ple_adatt.train.metrics import evaluate_predictions
+from ple_adatt.train.monitor import collapse_flags, collapsed_tasks, prediction_spreads, shared_decision, should_stop
 from ple_adatt.train.step import NonFiniteLossError, Trainer, validation_loss
 from ple_adatt.train.trainable import TrainableSet, begin_epoch, phase_optimizer
 
@@ -80,6 +82,12 @@ def _all_reduce_sum(values: list[float], world: int) -> list[float]:
     return t.tolist()
 
 
+def _stops_early(cfg: ExperimentConfig, history: list[dict]) -> bool:
+    es = cfg.train.early_stopping
+    return es is not None and should_stop(history, cfg.train.checkpoint_metric, cfg.train.checkpoint_mode,
+                                          es.patience, es.min_delta)
+
+
 def _fmt_eta(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -99,7 +107,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     # [2] model, loss weighting, adaTT, optimizer, schedule; resume from the latest checkpoint
     torch.manual_seed(t_cfg.seed)
-    raw_model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
+    raw_model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k, targets=state.targets)
     weighting, adatt = build_weighting(cfg), build_adatt(cfg)
     steps = steps_per_epoch(config["train_rows"], world, t_cfg.batch_size)
     phase = 1
@@ -121,7 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
     bad_in_row, skipped_total = 0, 0
     global_step = start_epoch * steps
 
-    if start_epoch >= total_epochs:  # relaunch of a finished run: report the final metrics again
+    if start_epoch >= total_epochs or _stops_early(cfg, history):  # relaunch of a finished run: report again
         ray.train.report(history[-1] if history else {"epoch": total_epochs - 1})
         return
 
@@ -179,7 +187,12 @@ def train_loop_per_worker(config: dict) -> None:
         metrics.update({f"weight/{t}": w for t, w in weighting.weights().items()})
         if rank == 0:
             metrics.update({f"val/{k}": v for k, v in validation_loss(cfg, preds).items()})
-            metrics.update({f"val/{k}": v for k, v in evaluate_predictions(task_types, preds).items()})
+            # the loss in the units it trains in; metrics in the label's original units
+            metrics.update({f"val/{k}": v for k, v in evaluate_predictions(
+                task_types, to_original_units(preds, state.targets)).items()})
+            metrics.update({f"val/{k}": v for k, v in prediction_spreads(task_types, preds).items()})
+            metrics.update(collapse_flags(task_types, metrics))
+            collapsed = collapsed_tasks(task_types, metrics)
             elapsed = time.perf_counter() - run_start
             eta = elapsed / (epoch - start_epoch + 1) * (total_epochs - epoch - 1)
             summary = " ".join(f"{k.split('/', 2)[-1]}={metrics[k]:.4f}" for k in sorted(metrics)
@@ -187,9 +200,21 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"[ple-adatt] epoch {epoch + 1}/{total_epochs} | {metrics['train/samples_per_s']:,.0f} samples/s | "
                   f"train loss {metrics['train/loss']:.4f} | val loss {metrics['val/loss']:.4f} {summary} | "
                   f"eta {_fmt_eta(eta)}", flush=True)
+            if collapsed:
+                print("[ple-adatt]   COLLAPSED (validation predictions carry no signal): "
+                      + "; ".join(f"{t} ({why})" for t, why in collapsed.items())
+                      + " - see docs/rare-tasks.md", flush=True)
         log_gate_diagnostics(raw_model, metrics, logger, epoch == total_epochs - 1, rank)
         log_adatt_diagnostics(adatt, epoch, metrics, logger, rank)
         history.append(metrics)
+        # rank 0 holds the validation metrics; every rank follows its decision (same epoch everywhere)
+        stop = shared_decision(rank == 0 and _stops_early(cfg, history), world) and epoch < total_epochs - 1
+        if stop:
+            metrics["early_stopped"] = 1.0
+            if rank == 0:
+                es = t_cfg.early_stopping
+                print(f"[ple-adatt] early stopping after epoch {epoch + 1}: {t_cfg.checkpoint_metric} did not improve "
+                      f"by more than {es.min_delta:g} in {es.patience} epoch(s)", flush=True)
         logger.log_metrics(metrics, step=epoch)
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -201,3 +226,5 @@ def train_loop_per_worker(config: dict) -> None:
                                 scaler=None, epoch=epoch, history=history, cfg=cfg, preprocess=state, extra=extra_state)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
+        if stop:
+            break

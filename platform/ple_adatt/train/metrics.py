@@ -2,6 +2,9 @@
 
 Input per task: logits (numpy; [N] or [N, C]), labels [N], mask [N] bool, optional oracle.
 Names: `<task>/<metric>`, `avg/<type>/<metric>`, `<task>/oracle_<metric>`, `<task>/oracle_gap_<metric>`.
+Oracle gaps have one sign for every metric: positive = the model is worse than the oracle
+(oracle - model for higher-is-better metrics, model - oracle for lower-is-better ones), so a smaller
+gap is always better.
 
 The one metric registry: METRICS_BY_TYPE (names per task type, display order), HIGHER_IS_BETTER
 (direction per name) and metric_mode ("max"/"min" of a full reported name); campaigns, studies,
@@ -46,11 +49,12 @@ def higher_is_better(metric: str) -> bool:
 
 def metric_mode(name: str) -> str:
     """Tune/Optuna mode ("max" or "min") of a reported metric name: `val/avg/binary/auc`,
-    `val/<task>/rmse`, `val/loss`, `<task>/oracle_auc`. Oracle gaps (oracle - model) flip:
-    `val/<task>/oracle_gap_auc` -> "min" (a smaller gap is better)."""
+    `val/<task>/rmse`, `val/loss`, `<task>/oracle_auc`. Oracle gaps (positive = the model is worse)
+    are always "min"."""
     last = name.rsplit("/", 1)[-1]
     if last.startswith("oracle_gap_"):
-        return "min" if higher_is_better(last[len("oracle_gap_"):]) else "max"
+        higher_is_better(last[len("oracle_gap_"):])  # an unknown metric still raises
+        return "min"
     if last.startswith("oracle_"):
         last = last[len("oracle_"):]
     return "max" if higher_is_better(last) else "min"
@@ -90,6 +94,11 @@ def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "r2": float(1 - (err**2).mean() / var) if var > 0 else math.nan}
 
 
+def oracle_gap(metric: str, model: float, oracle: float) -> float:
+    """How much worse the model is than the oracle on ``metric`` (positive = worse, for every metric)."""
+    return oracle - model if higher_is_better(metric) else model - oracle
+
+
 def task_metrics(task_type: str, logits: np.ndarray, y: np.ndarray, oracle: np.ndarray | None = None) -> dict[str, float]:
     """Metrics for one task on labelled rows; with `oracle`, the oracle's metrics and the gaps."""
     if task_type == "binary":
@@ -104,8 +113,7 @@ def task_metrics(task_type: str, logits: np.ndarray, y: np.ndarray, oracle: np.n
     if o is not None:
         for k, v in o.items():
             m[f"oracle_{k}"] = v
-            # oracle_gap = oracle metric - model metric (positive = room left for higher-is-better)
-            m[f"oracle_gap_{k}"] = v - m[k]
+            m[f"oracle_gap_{k}"] = oracle_gap(k, m[k], v)
     return m
 
 

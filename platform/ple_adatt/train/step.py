@@ -33,7 +33,8 @@ def task_losses(cfg: ExperimentConfig, out: dict[str, torch.Tensor], batch: dict
         s = cfg.task_settings(t)
         losses[t] = TASK_LOSSES[cfg.task_loss(t)](
             out[t], batch[f"label/{t}"], batch[f"mask/{t}"],
-            focal_alpha=s.focal_alpha, focal_gamma=s.focal_gamma, huber_delta=s.huber_delta)
+            focal_alpha=s.focal_alpha, focal_gamma=s.focal_gamma, huber_delta=s.huber_delta,
+            pos_weight=s.pos_weight)
     return losses
 
 
@@ -45,7 +46,7 @@ def validation_loss(cfg: ExperimentConfig, preds: dict) -> dict[str, float]:
         s = cfg.task_settings(t)
         loss = TASK_LOSSES[cfg.task_loss(t)](torch.from_numpy(p["logits"]), batch[f"label/{t}"], batch[f"mask/{t}"],
                                              focal_alpha=s.focal_alpha, focal_gamma=s.focal_gamma,
-                                             huber_delta=s.huber_delta).item()
+                                             huber_delta=s.huber_delta, pos_weight=s.pos_weight).item()
         out[f"{t}/loss"] = loss
         total += s.weight * loss
     out["loss"] = total
