@@ -134,7 +134,8 @@ def write_report(out_dir: str | Path, results: pd.DataFrame, meta: st.StudyMeta 
         ("Headline", [
             f"Δ = variant − {meta.baseline} per task, seed-matched, with its {meta.ci_level:.0%} CI; "
             f"colour = outcome after {st.CORRECTIONS[meta.correction]} correction, which accounts for "
-            "each metric's direction (the axis label points to the better side).",
+            "each metric's direction (the axis label points to the better side). The interval is the "
+            "uncorrected per-comparison CI, so a grey one may just miss 0.",
             _Image(plot("forest.png", _forest_figure(comp, meta)), f"Δ vs {meta.baseline} per task")]),
         ("Summary", _summary_blocks(df, comp, meta, variants)),
         ("Verdict", [verdict_lines]),
@@ -417,7 +418,7 @@ def _strip_figure(df: pd.DataFrame, task_type: str, variants: list[str]) -> Figu
                     ax.hlines(y.mean(), x - width * 0.35, x + width * 0.35, color=colors[v], lw=2,
                               gid="mean")
                 jitter = np.linspace(-width * 0.25, width * 0.25, y.size) if y.size > 1 else [0.0]
-                ax.scatter(x + np.asarray(jitter), y, s=18, color=colors[v], zorder=3,
+                ax.scatter(x + np.asarray(jitter), y, s=30, color=colors[v], zorder=3,
                            edgecolors="white", linewidths=0.5, label=v if i == 0 else None, gid="seed")
         ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right")
         ax.set_xlim(-0.6, len(tasks) - 0.4)
