@@ -519,7 +519,7 @@ def _entropy_figure(ent: pd.DataFrame, level: float) -> Figure:
 
 def _sweep_figure(summ: pd.DataFrame, metric: str, variants: list[str]) -> Figure:
     tasks = sorted(summ["task"].unique())
-    fig = Figure(figsize=(max(4.0, 3.6 * len(tasks)), 3.6), layout="constrained")
+    fig = Figure(figsize=(max(4.0, 3.6 * len(tasks)) + 1.4, 3.6), layout="constrained")  # + the legend
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     colors = _colors(variants)
     levels = np.unique(summ["correlation"])
@@ -540,7 +540,7 @@ def _sweep_figure(summ: pd.DataFrame, metric: str, variants: list[str]) -> Figur
 
 def _sweep_gap_figure(diff: pd.DataFrame, baseline: str) -> Figure:
     panels = list(diff.groupby(["task_type", "metric"], sort=True))
-    fig = Figure(figsize=(max(4.0, 3.6 * len(panels)), 3.6), layout="constrained")
+    fig = Figure(figsize=(max(4.0, 3.6 * len(panels)) + 1.4, 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colors = _colors(sorted(diff["variant"].unique()))
     for ax, ((tt, met), g) in zip(axes, panels):
