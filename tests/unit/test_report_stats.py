@@ -7,12 +7,15 @@ import pytest
 from scipy import stats as sps
 
 from ple_adatt.report.stats import (
+    METRIC_RANGES,
     RESULT_COLUMNS,
     StudyMeta,
     adjust_pvalues,
+    clip_ci,
     compare,
     mean_ci,
     metric_direction,
+    metric_range,
     paired_differences,
     paired_test,
     per_type_seed_values,
@@ -222,3 +225,47 @@ def test_validate_results_reports_all_problems():
 def test_study_meta_validation():
     with pytest.raises(ValueError, match=r"alpha=1.5.*correction='fdr'"):
         StudyMeta("s", "b", alpha=1.5, correction="fdr")
+
+
+def test_every_metric_with_a_direction_has_a_range():
+    from ple_adatt.train.metrics import HIGHER_IS_BETTER
+
+    assert set(HIGHER_IS_BETTER) <= set(METRIC_RANGES)
+    assert all(lo < hi for lo, hi in METRIC_RANGES.values())
+    assert metric_range("ndcg@5") == (0.0, 1.0) and metric_range("custom") == (-math.inf, math.inf)
+
+
+def test_summarize_clips_intervals_to_the_metric_range():
+    rows = [("v", s, t, tt, m, x) for t, tt, m, xs in (
+        ("b", "binary", "pr_auc", (0.995, 1.0)),   # raw t-interval (df = 1) reaches ~1.03
+        ("r", "regression", "mae", (0.01, 0.2)),   # raw interval reaches far below 0
+        ("q", "regression", "r2", (0.95, 1.0)))    # r2 is at most 1, unbounded below
+        for s, x in enumerate(xs)]
+    s = summarize(table(rows), ["variant", "task", "metric"]).set_index("metric")
+    raw = {m: mean_ci(x) for m, x in (("pr_auc", (0.995, 1.0)), ("mae", (0.01, 0.2)), ("r2", (0.95, 1.0)))}
+    assert raw["pr_auc"][2] > 1.0 and raw["mae"][1] < 0.0 and raw["r2"][2] > 1.0  # the premise
+    assert s.loc["pr_auc", "ci_high"] == 1.0 and s.loc["pr_auc", "ci_low"] == pytest.approx(raw["pr_auc"][1])
+    assert s.loc["mae", "ci_low"] == 0.0 and s.loc["mae", "ci_high"] == pytest.approx(raw["mae"][2])
+    assert s.loc["r2", "ci_high"] == 1.0 and s.loc["r2", "ci_low"] == pytest.approx(raw["r2"][1])
+    assert s["mean"].to_dict() == pytest.approx({"pr_auc": 0.9975, "mae": 0.105, "r2": 0.975})  # means untouched
+    unclipped = summarize(table(rows), ["variant", "task", "metric"], clip=None).set_index("metric")
+    assert unclipped.loc["pr_auc", "ci_high"] == pytest.approx(raw["pr_auc"][2])
+
+
+def test_differences_are_clipped_to_the_range_width_and_tests_are_unchanged():
+    base, var = [0.1, 0.9], [0.9, 0.95]  # auc differences 0.8 and 0.05: raw CI about [-4.3, +5.2]
+    out = paired_differences(two_variants(base, var), "base").iloc[0]
+    raw = paired_test(np.subtract(var, base))
+    assert raw["ci_low"] < -1 and raw["ci_high"] > 1
+    assert (out["ci_low"], out["ci_high"]) == (-1.0, 1.0)
+    assert out["p_t"] == pytest.approx(raw["p_t"]) and out["mean_diff"] == pytest.approx(raw["mean_diff"])
+    mae = paired_differences(two_variants([1.0, 5.0], [3.0, 4.0], "r", "regression", "mae"), "base")
+    assert (mae["ci_low"].iloc[0], mae["ci_high"].iloc[0]) == pytest.approx(
+        (paired_test([2.0, -1.0])["ci_low"], paired_test([2.0, -1.0])["ci_high"]))  # unbounded: as is
+
+
+def test_clip_ci_with_fixed_bounds_and_without_a_metric():
+    t = pd.DataFrame({"ci_low": [-0.2, np.nan], "ci_high": [1.3, np.nan]})
+    out = clip_ci(t, "value", (0.0, 1.0))
+    assert out["ci_low"].iloc[0] == 0.0 and out["ci_high"].iloc[0] == 1.0 and out["ci_low"].isna().iloc[1]
+    assert clip_ci(t, "value") is t  # no metric column, no bounds: nothing to clip to

@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 import ple_adatt.report.stats as st  # the module, not the package (whose __init__ imports render)
@@ -27,6 +28,7 @@ _REPORTED = list(dict.fromkeys(m for names in METRICS_BY_TYPE.values() for m in 
 
 # Fixed order and wording; optional sections are left out when their input is absent.
 SECTIONS = (
+    "Headline",
     "Summary",
     "Verdict",
     "Per-task results",
@@ -40,6 +42,13 @@ SECTIONS = (
 )
 SWEEP_COLUMNS = ("variant", "correlation", "seed", "task", "metric", "value")
 ENTROPY_COLUMNS = ("variant", "seed", "epoch", "transfer_entropy")
+ENTROPY_RANGE = (0.0, 1.0)  # adatt/diagnostics.transfer_entropy is normalised: 1 = uniform transfer
+BOX_MIN_N = 5  # fewer seeds than this: every seed's dot and the mean, no box (quartiles of 2 points mislead)
+OUTCOME_STYLE = {"better": ("#1a9850", "significantly better"),
+                 "worse": ("#d73027", "significantly worse"),
+                 "n.s.": ("#6f6f6f", "no significant difference"),
+                 "untested": ("#bdbdbd", "untested (n < 2 seeds)")}
+"""compare()'s outcome -> (colour, legend wording) in the headline forest plot."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,12 @@ def write_report(out_dir: str | Path, results: pd.DataFrame, meta: st.StudyMeta 
         verdict_lines += st.verdict(sweep_comp, meta, ("correlation", "task", "metric"),
                                     context="Correlation sweep: ")
     doc: list[tuple[str, list[Block]]] = [
+        ("Headline", [
+            f"Δ = variant − {meta.baseline} per task, seed-matched, with its {meta.ci_level:.0%} CI; "
+            f"colour = outcome after {st.CORRECTIONS[meta.correction]} correction, which accounts for "
+            "each metric's direction (the axis label points to the better side). The interval is the "
+            "uncorrected per-comparison CI, so a grey one may just miss 0.",
+            _Image(plot("forest.png", _forest_figure(comp, meta)), f"Δ vs {meta.baseline} per task")]),
         ("Summary", _summary_blocks(df, comp, meta, variants)),
         ("Verdict", [verdict_lines]),
         ("Per-task results", [
@@ -142,7 +157,8 @@ def write_report(out_dir: str | Path, results: pd.DataFrame, meta: st.StudyMeta 
             _diff_ci_table(type_diff, ["task_type", "metric"], variants[1:])]),
     ]
     if "oracle_gap" in df.columns and df["oracle_gap"].notna().any():
-        gaps = st.summarize(df, ["variant", "task", "metric"], meta.ci_level, value="oracle_gap")
+        gaps = st.summarize(df, ["variant", "task", "metric"], meta.ci_level, value="oracle_gap",
+                            clip="delta")
         doc.append(("Oracle gaps", [
             "Oracle gap as reported by the evaluator, in the metric's units (positive = the model is "
             "worse than the oracle, for every metric); mean "
@@ -216,16 +232,33 @@ def _adatt_blocks(diag: AdattDiagnostics, meta, plot) -> list[Block]:
         blocks.append(_Image(plot("adatt_affinity.png", _affinity_figure(diag.affinity)),
                              "final-epoch task affinity matrix per variant"))
     if diag.entropy is not None and not diag.entropy.empty:
-        ent = diag.entropy.astype({"epoch": int})
+        ent = _entropy_rows(diag.entropy)
         blocks.append(_Image(plot("adatt_entropy.png", _entropy_figure(ent, meta.ci_level)),
-                             f"transfer-weight entropy over epochs, mean ± {meta.ci_level:.0%} CI"))
-        last = ent[ent["epoch"] == ent.groupby("variant")["epoch"].transform("max")]
-        s = st.summarize(last, ["variant", "epoch"], meta.ci_level, value="transfer_entropy")
-        blocks += ["Transfer-weight entropy at each variant's final epoch:",
-                   pd.DataFrame({"variant": s["variant"], "epoch": s["epoch"],
-                                 "entropy": [_ci(*r) for r in s[["mean", "ci_low", "ci_high"]].values],
-                                 "n": s["n"]})]
+                             f"normalised transfer-weight entropy over epochs (1 = uniform transfer), "
+                             f"mean ± {meta.ci_level:.0%} CI over seeds"))
+        blocks += ["Normalised transfer-weight entropy at each seed's final epoch (1 = uniform transfer, "
+                   "0 = one source per task), mean [CI] over seeds:", _final_entropy_table(ent, meta.ci_level)]
     return blocks
+
+
+def _entropy_rows(entropy: pd.DataFrame) -> pd.DataFrame:
+    """One row per (variant, seed, epoch): a value logged twice at one epoch (a resumed run) counts once."""
+    ent = entropy.astype({"epoch": int, "seed": int})
+    return ent.drop_duplicates(["variant", "seed", "epoch"], keep="last").reset_index(drop=True)
+
+
+def _final_entropy_table(ent: pd.DataFrame, level: float) -> pd.DataFrame:
+    """Entropy at each seed's own last epoch, per variant: n counts every seed that ran, also when
+    seeds stopped at different epochs (early stopping), which a shared "last epoch" would drop."""
+    last = ent[ent["epoch"] == ent.groupby(["variant", "seed"])["epoch"].transform("max")]
+    s = st.clip_ci(st.summarize(last, ["variant"], level, value="transfer_entropy"), "value", ENTROPY_RANGE)
+    epochs = last.groupby("variant")["epoch"].agg(
+        lambda e: str(e.min()) if e.min() == e.max() else f"{e.min()}–{e.max()}")
+    order = list(dict.fromkeys(ent["variant"]))
+    s = s.set_index("variant").loc[order].reset_index()
+    return pd.DataFrame({"variant": s["variant"], "final epoch": epochs.loc[order].to_numpy(),
+                         "entropy": [_ci(*r) for r in s[["mean", "ci_low", "ci_high"]].values],
+                         "n (seeds)": s["n"]})
 
 
 def _sweep_blocks(sweep, comp, meta, plot) -> list[Block]:
@@ -268,7 +301,11 @@ def _method_blocks(df, comp, meta, sweep_comp) -> list[Block]:
     lines = [
         f"Seeds: {len(seeds)} ({', '.join(map(str, seeds))}); every comparison pairs the same "
         "seed of the variant and the baseline.",
-        f"Intervals: two-sided {meta.ci_level:.0%} t-intervals over seeds (df = n − 1).",
+        f"Intervals: two-sided {meta.ci_level:.0%} t-intervals over seeds (df = n − 1), clipped to "
+        "the metric's range in every table and plot (auc, pr_auc, accuracy, macro_f1, top-k in "
+        "[0, 1]; r2 ≤ 1; logloss, mae, rmse ≥ 0); an interval of a difference Δ is clipped to "
+        "± the range's width. A t-interval over few seeds can reach past a bound (an AUC up to 1.008); "
+        "the clipped end means the data cannot tell more than the bound.",
         "Test: paired t-test on the seed-matched differences; Wilcoxon signed-rank as a "
         f"secondary when n ≥ {st.WILCOXON_MIN_N}. Effect size: Cohen's d_z = mean(Δ) / sd(Δ).",
         f"Correction: {st.CORRECTIONS[meta.correction]} across all {m} (variant, task, metric) "
@@ -281,6 +318,8 @@ def _method_blocks(df, comp, meta, sweep_comp) -> list[Block]:
         "α/m; rough, since sd(Δ) is itself estimated from few seeds.",
         "Per-type averages: mean over tasks of one type per seed, then the interval over "
         "seeds; metrics of different task types are never averaged together.",
+        f"Plots: with fewer than {BOX_MIN_N} seeds every seed is a dot and the bar is the mean; "
+        f"from {BOX_MIN_N} seeds a box (quartiles) is drawn behind the dots.",
     ]
     if sweep_comp is not None:
         lines.append("Correlation sweep: paired differences per correlation level, corrected "
@@ -343,11 +382,22 @@ def _colors(variants: Sequence[str]) -> dict[str, tuple]:
     return {v: cmap(i % 10) for i, v in enumerate(variants)}
 
 
+def _variant_legend(fig: Figure, axes) -> None:
+    """One legend for the whole figure, right of the panels, so it never covers data."""
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize="small")
+
+
 def _strip_figure(df: pd.DataFrame, task_type: str, variants: list[str]) -> Figure:
-    """One panel per metric of this type: box + seed points per (task, variant)."""
+    """One panel per metric of this type: every seed's dot per (task, variant) and a bar at the mean;
+    a box behind them only from BOX_MIN_N seeds (a box of 2-4 points draws quartiles that aren't there)."""
     sub = df[df["task_type"] == task_type]
     metrics = sorted(sub["metric"].unique())
-    fig = Figure(figsize=(max(4.0, 3.2 * len(metrics)), 3.6), layout="constrained")
+    fig = Figure(figsize=(max(4.0, 3.2 * len(metrics)) + 1.4, 3.6), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     colors, width = _colors(variants), 0.8 / len(variants)
     for ax, met in zip(axes, metrics):
@@ -359,16 +409,72 @@ def _strip_figure(df: pd.DataFrame, task_type: str, variants: list[str]) -> Figu
                 if y.size == 0:
                     continue
                 x = i - 0.4 + width * (j + 0.5)
-                ax.boxplot([y], positions=[x], widths=width * 0.8, showfliers=False,
-                           medianprops={"color": colors[v]}, boxprops={"color": colors[v]},
-                           whiskerprops={"color": colors[v]}, capprops={"color": colors[v]})
+                if y.size >= BOX_MIN_N:
+                    box = ax.boxplot([y], positions=[x], widths=width * 0.8, showfliers=False,
+                                     medianprops={"color": colors[v]}, boxprops={"color": colors[v]},
+                                     whiskerprops={"color": colors[v]}, capprops={"color": colors[v]})
+                    for artist in (a for group in box.values() for a in group):
+                        artist.set_gid("box")
+                else:
+                    ax.hlines(y.mean(), x - width * 0.35, x + width * 0.35, color=colors[v], lw=2,
+                              gid="mean")
                 jitter = np.linspace(-width * 0.25, width * 0.25, y.size) if y.size > 1 else [0.0]
-                ax.scatter(x + np.asarray(jitter), y, s=12, color=colors[v], zorder=3,
-                           label=v if i == 0 else None)
-        ax.set_xticks(range(len(tasks)), tasks, rotation=20)
+                ax.scatter(x + np.asarray(jitter), y, s=30, color=colors[v], zorder=3,
+                           edgecolors="white", linewidths=0.5, label=v if i == 0 else None, gid="seed")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right")
+        ax.set_xlim(-0.6, len(tasks) - 0.4)
         ax.set_title(met)
-    axes[0].legend(fontsize="small")
-    fig.suptitle(f"{task_type}: per-seed values (each dot one seed)")
+        ax.grid(axis="y", alpha=0.3)
+    _variant_legend(fig, axes)
+    n = sub.groupby(["variant", "task", "metric"])["seed"].nunique().min()
+    shape = "dot = one seed, bar = mean" if n < BOX_MIN_N else "dot = one seed, box = quartiles"
+    fig.suptitle(f"{task_type}: per-seed values ({shape})")
+    return fig
+
+
+def _forest_figure(comp: pd.DataFrame, meta) -> Figure:
+    """Headline: Δ vs baseline with its CI, one panel per metric (own units), one row per task (and
+    variant), coloured by outcome; the axis label points to the metric's better side."""
+    metrics = [m for m in _REPORTED if m in set(comp["metric"])]
+    metrics += sorted(set(comp["metric"]) - set(metrics))
+    multi = comp["variant"].nunique() > 1
+    panels = [comp[comp["metric"] == m].sort_values(["task", "variant"]) for m in metrics]
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    heights = [max(len(g) for g in panels[r * ncols:(r + 1) * ncols]) for r in range(nrows)]
+    fig = Figure(figsize=(3.9 * ncols + 0.6, sum(0.32 * h + 1.2 for h in heights) + 0.8),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={"height_ratios": heights})
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, met, g in zip(axes.flat, metrics, panels):
+        y = np.arange(len(g))
+        for yi, r in zip(y, g.itertuples()):
+            color = OUTCOME_STYLE[r.outcome][0]
+            if np.isfinite(r.ci_low):
+                ax.plot([r.ci_low, r.ci_high], [yi, yi], color=color, lw=2.2, solid_capstyle="butt")
+            ax.plot([r.mean_diff], [yi], "o", ms=6, color=color,
+                    mfc=color if r.outcome != "untested" else "white", gid=f"outcome:{r.outcome}")
+        ax.axvline(0.0, color="black", lw=0.8)
+        ends = np.concatenate([g["mean_diff"], g["ci_low"], g["ci_high"], [0.0]]).astype(float)
+        ends = ends[np.isfinite(ends)]
+        pad = 0.08 * (np.ptp(ends) or max(abs(ends).max(), 1e-3))
+        ax.set_xlim(ends.min() - pad, ends.max() + pad)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # fewer ticks: labels like -0.075 don't collide
+        labels = [f"{t} · {v}" if multi else t for t, v in zip(g["task"], g["variant"])]
+        ax.set_yticks(y, labels)
+        ax.set_ylim(len(g) - 0.5, -0.5)  # first task on top
+        better = "better →" if st.metric_direction(met, meta.directions) > 0 else "← better"
+        ax.set_xlabel(f"Δ {met}   ({better})")
+        ax.set_title(met)
+        ax.grid(axis="x", alpha=0.3)
+    present = [o for o in OUTCOME_STYLE if o in set(comp["outcome"])]
+    handles = [Line2D([], [], color=OUTCOME_STYLE[o][0], marker="o", lw=2.2,
+                      mfc=OUTCOME_STYLE[o][0] if o != "untested" else "white") for o in present]
+    fig.legend(handles, [OUTCOME_STYLE[o][1] for o in present], loc="outside lower center",
+               ncols=len(present), fontsize="small")
+    variants = ", ".join(dict.fromkeys(comp["variant"]))
+    fig.suptitle(f"{variants} vs {meta.baseline}: Δ per task, {meta.ci_level:.0%} CI over seeds")
     return fig
 
 
@@ -392,24 +498,29 @@ def _affinity_figure(affinity: Mapping[str, tuple[np.ndarray, Sequence[str]]]) -
 
 
 def _entropy_figure(ent: pd.DataFrame, level: float) -> Figure:
-    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    """Normalised entropy per epoch on its whole range [0, 1] with the uniform value marked, so a flat
+    curve near 1 looks flat (an auto-scaled axis of 0.9994-0.9998 made noise look like a trend)."""
+    fig = Figure(figsize=(7.2, 3.6), layout="constrained")
     ax = fig.subplots()
     variants = list(dict.fromkeys(ent["variant"]))
     colors = _colors(variants)
-    s = st.summarize(ent, ["variant", "epoch"], level, value="transfer_entropy")
+    s = st.clip_ci(st.summarize(ent, ["variant", "epoch"], level, value="transfer_entropy"),
+                   "value", ENTROPY_RANGE)
+    ax.axhline(ENTROPY_RANGE[1], color="grey", ls="--", lw=1, label="uniform transfer (1)")
     for v in variants:
         g = s[s["variant"] == v]
         ax.plot(g["epoch"], g["mean"], marker="o", color=colors[v], label=v)
         ax.fill_between(g["epoch"], g["ci_low"], g["ci_high"], color=colors[v], alpha=0.2)
-    ax.set(xlabel="epoch", ylabel="transfer-weight entropy")
+    ax.set(xlabel="epoch", ylabel="entropy / log(#sources)", ylim=(0.0, 1.05))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    _variant_legend(fig, [ax])
     return fig
 
 
 def _sweep_figure(summ: pd.DataFrame, metric: str, variants: list[str]) -> Figure:
     tasks = sorted(summ["task"].unique())
-    fig = Figure(figsize=(max(4.0, 3.6 * len(tasks)), 3.6), layout="constrained")
+    fig = Figure(figsize=(max(4.0, 3.6 * len(tasks)) + 1.4, 3.6), layout="constrained")  # + the legend
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     colors = _colors(variants)
     levels = np.unique(summ["correlation"])
@@ -424,13 +535,13 @@ def _sweep_figure(summ: pd.DataFrame, metric: str, variants: list[str]) -> Figur
             ax.errorbar(x, g["mean"], yerr=np.nan_to_num(err), marker="o",
                         capsize=3, color=colors[v], label=v)
         ax.set(title=task, xlabel="task correlation", ylabel=metric)
-    axes[0].legend(fontsize="small")
+    _variant_legend(fig, axes)
     return fig
 
 
 def _sweep_gap_figure(diff: pd.DataFrame, baseline: str) -> Figure:
     panels = list(diff.groupby(["task_type", "metric"], sort=True))
-    fig = Figure(figsize=(max(4.0, 3.6 * len(panels)), 3.6), layout="constrained")
+    fig = Figure(figsize=(max(4.0, 3.6 * len(panels)) + 1.4, 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colors = _colors(sorted(diff["variant"].unique()))
     for ax, ((tt, met), g) in zip(axes, panels):
@@ -441,7 +552,7 @@ def _sweep_gap_figure(diff: pd.DataFrame, baseline: str) -> Figure:
                         capsize=3, color=colors[v], label=v)
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set(title=f"{tt} (mean of tasks)", xlabel="task correlation", ylabel=f"Δ {met} vs {baseline}")
-    axes[0].legend(fontsize="small")
+    _variant_legend(fig, axes)
     return fig
 
 

@@ -20,12 +20,49 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from ple_adatt.train.metrics import METRICS_BY_TYPE, higher_is_better
+from ple_adatt.train.metrics import METRICS_BY_TYPE, TOP_K, higher_is_better
 
 RESULT_COLUMNS = ("variant", "seed", "task", "task_type", "metric", "value")
 TASK_TYPES = tuple(METRICS_BY_TYPE)
 CORRECTIONS = {"holm": "Holm–Bonferroni", "bh": "Benjamini–Hochberg"}
 WILCOXON_MIN_N = 6  # below this the signed-rank test cannot reach p < 0.05 two-sided
+METRIC_RANGES = {"auc": (0.0, 1.0), "pr_auc": (0.0, 1.0), "logloss": (0.0, math.inf),
+                 "accuracy": (0.0, 1.0), "macro_f1": (0.0, 1.0), "top3": (0.0, 1.0),
+                 "mae": (0.0, math.inf), "rmse": (0.0, math.inf), "r2": (-math.inf, 1.0),
+                 "loss": (0.0, math.inf), "f1_macro": (0.0, 1.0), "mrr": (0.0, 1.0), "map": (0.0, 1.0),
+                 "mse": (0.0, math.inf), "brier": (0.0, 1.0)}
+"""Metric name -> (lowest, highest) value it can take; a t-interval over few seeds can reach past
+it (an AUC interval up to 1.008), so intervals are clipped to it. Every metric with a direction in
+train/metrics.HIGHER_IS_BETTER has a range here (a test checks); top-k names are in [0, 1]."""
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """(lowest, highest) value of a metric (``METRIC_RANGES``); unbounded for a name it lacks."""
+    if metric in METRIC_RANGES:
+        return METRIC_RANGES[metric]
+    return (0.0, 1.0) if TOP_K.match(metric) else (-math.inf, math.inf)
+
+
+def clip_ci(table: pd.DataFrame, kind: Literal["value", "delta"],
+            bounds: tuple[float, float] | None = None) -> pd.DataFrame:
+    """``table`` with ``ci_low``/``ci_high`` clipped to what the quantity can take.
+
+    kind "value": a metric value, within its ``metric_range`` [a, b]; "delta": a difference of two
+    such values, within [-(b - a), b - a]. The range comes from each row's ``metric`` column, or from
+    ``bounds`` (a fixed (a, b)) for a table without one; a table with neither is returned unchanged.
+    Means, p-values and effect sizes are untouched: only the reported interval is cut.
+    """
+    if bounds is None and "metric" not in table.columns:
+        return table
+    ranges = [bounds] * len(table) if bounds is not None else [metric_range(m) for m in table["metric"]]
+    lo = np.array([a for a, _ in ranges], dtype=float)
+    hi = np.array([b for _, b in ranges], dtype=float)
+    if kind == "delta":
+        lo, hi = -(hi - lo), hi - lo  # an unbounded end gives ±inf: no clipping on that side
+    out = table.copy()
+    out["ci_low"] = np.clip(out["ci_low"].to_numpy(float), lo, hi)  # NaN (n = 1) stays NaN
+    out["ci_high"] = np.clip(out["ci_high"].to_numpy(float), lo, hi)
+    return out
 
 def metric_direction(metric: str, overrides: Mapping[str, str] | None = None) -> int:
     """+1 when higher is better, -1 when lower is better (registry: train/metrics.py).
@@ -142,10 +179,12 @@ def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float,
 
 
 def summarize(df: pd.DataFrame, keys: Sequence[str], level: float = 0.95,
-              value: str = "value") -> pd.DataFrame:
+              value: str = "value", clip: Literal["value", "delta"] | None = "value") -> pd.DataFrame:
     """Mean ± CI of ``value`` over seeds for each ``keys`` group.
 
-    Returns columns ``*keys, n, mean, sd, ci_low, ci_high``; NaN values are dropped first.
+    Returns columns ``*keys, n, mean, sd, ci_low, ci_high``; NaN values are dropped first. With a
+    ``metric`` key the interval is clipped to the metric's range (``clip_ci``): ``clip="value"``
+    for metric values, ``"delta"`` for differences such as oracle gaps, None to leave it.
     """
     rows = []
     for k, g in df.dropna(subset=[value]).groupby(list(keys), sort=True):
@@ -153,7 +192,8 @@ def summarize(df: pd.DataFrame, keys: Sequence[str], level: float = 0.95,
         m, lo, hi = mean_ci(x, level)
         sd = float(x.std(ddof=1)) if x.size > 1 else math.nan
         rows.append((*k, x.size, m, sd, lo, hi))
-    return pd.DataFrame(rows, columns=[*keys, "n", "mean", "sd", "ci_low", "ci_high"])
+    out = pd.DataFrame(rows, columns=[*keys, "n", "mean", "sd", "ci_low", "ci_high"])
+    return out if clip is None else clip_ci(out, clip)
 
 
 def paired_test(diffs: Sequence[float], level: float = 0.95) -> dict[str, float]:
@@ -223,7 +263,8 @@ def paired_differences(df: pd.DataFrame, baseline: str, by: Sequence[str] = ("ta
     ValueError naming the variant, the group and the missing/extra seeds.
 
     Returns columns ``variant, *by, n, seeds, mean_diff, sd_diff, ci_low, ci_high, t, df,
-    p_t, p_wilcoxon, d_z``.
+    p_t, p_wilcoxon, d_z``; with ``metric`` in ``by`` the interval is clipped to the range a
+    difference of that metric can take (``clip_ci``).
     """
     by = list(by)
     variants = df["variant"].unique().tolist()
@@ -251,7 +292,7 @@ def paired_differences(df: pd.DataFrame, baseline: str, by: Sequence[str] = ("ta
         raise ValueError("seed mismatch in paired comparison:\n  " + "\n  ".join(errors))
     cols = ["variant", *by, "n", "seeds", "mean_diff", "sd_diff", "ci_low", "ci_high", "t", "df",
             "p_t", "p_wilcoxon", "d_z"]
-    return pd.DataFrame(rows, columns=cols)
+    return clip_ci(pd.DataFrame(rows, columns=cols), "delta")
 
 
 def min_detectable_effect(sd_diff: float, n: int, alpha: float, power: float = 0.8) -> float:
