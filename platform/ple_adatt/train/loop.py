@@ -22,7 +22,8 @@ from ple_adatt.data.preprocess import PreprocessState, input_shapes
 from ple_adatt.tracking.mlflow_tracking import make_logger
 from ple_adatt.train.build import build_adatt, build_model, build_weighting, set_schedule_position
 from ple_adatt.train.checkpoint import load_state, save_checkpoint
-from ple_adatt.train.diagnostics import log_adatt_diagnostics, log_gate_diagnostics
+from ple_adatt.train.calibration import calibration_metrics
+from ple_adatt.train.diagnostics import log_adatt_diagnostics, log_gate_diagnostics, log_sae_dictionary
 from ple_adatt.train.evaluate import predict_distributed
 from ple_adatt.train.metrics import evaluate_predictions
 from ple_adatt.train.step import NonFiniteLossError, Trainer, validation_loss
@@ -180,6 +181,8 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             metrics.update({f"val/{k}": v for k, v in validation_loss(cfg, preds).items()})
             metrics.update({f"val/{k}": v for k, v in evaluate_predictions(task_types, preds).items()})
+            metrics.update({f"val/{k}": v for k, v in calibration_metrics(task_types, preds,
+                                                                          cfg.model.evidential.interval).items()})
             elapsed = time.perf_counter() - run_start
             eta = elapsed / (epoch - start_epoch + 1) * (total_epochs - epoch - 1)
             summary = " ".join(f"{k.split('/', 2)[-1]}={metrics[k]:.4f}" for k in sorted(metrics)
@@ -188,6 +191,7 @@ def train_loop_per_worker(config: dict) -> None:
                   f"train loss {metrics['train/loss']:.4f} | val loss {metrics['val/loss']:.4f} {summary} | "
                   f"eta {_fmt_eta(eta)}", flush=True)
         log_gate_diagnostics(raw_model, metrics, logger, epoch == total_epochs - 1, rank)
+        log_sae_dictionary(raw_model, logger, epoch == total_epochs - 1, rank)
         log_adatt_diagnostics(adatt, epoch, metrics, logger, rank)
         history.append(metrics)
         logger.log_metrics(metrics, step=epoch)
