@@ -43,6 +43,19 @@ def test_one_head_per_task_type_and_sae_on_the_shared_width(tiny_dataset, arch):
     assert side.sae.weight.shape == (4 * shared.shape[1], shared.shape[1])  # expansion 4 x the shared width
 
 
+def test_ple_hetero_heads_read_the_tower_inputs_and_sae_the_shared_experts(tiny_dataset):
+    cfg, _, data, model = _setup(tiny_dataset, "model.arch=ple_hetero", "model.experts.use=[mlp]", *BOTH)
+    side = sidecars_of(model)
+    h = model.task_inputs(data)
+    assert side.heads["value"].linear.in_features == h["value"].shape[1]
+    assert side.sae.weight.shape[1] == model.shared.shared_dim
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer = Trainer(cfg, model, model, build_weighting(cfg), None, opt,
+                      torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    out = trainer.step(data, 0)
+    assert out.finite and {"evidential", "sae", "cgc_entropy"} <= set(out.terms)
+
+
 def test_task_types_select_heads_and_single_task_has_no_sae(tiny_dataset):
     cfg, _, _, model = _setup(tiny_dataset, "model.evidential.enabled=true", "model.evidential.task_types=[regression]")
     assert list(sidecars_of(model).heads) == ["value"] and sidecars_of(model).sae is None
