@@ -42,7 +42,8 @@ def test_weightings_with_parameters_or_collectives_stay_in_sync(tiny_dataset, we
      "two_phase.phase2_epochs=1"],
     ["model.arch=mmoe"],
     ["model.arch=shared_bottom", "loss_weighting.name=dwa"],
-], ids=["hetero-layer-gate", "hetero-both-gates", "mmoe", "shared_bottom-dwa"])
+    ["model.arch=adatt_fusion", "model.num_levels=2", "model.sae.enabled=true", "model.evidential.enabled=true"],
+], ids=["hetero-layer-gate", "hetero-both-gates", "mmoe", "shared_bottom-dwa", "adatt_fusion-sae-evidential"])
 def test_other_models_through_every_adatt_phase_stay_in_sync(tiny_dataset, overrides):
     ranks = run_ranks(["adatt.enabled=true", "adatt.grad_interval=1", "train.epochs=3", *overrides], tiny_dataset,
                       steps_per_epoch=1)

@@ -39,3 +39,19 @@ def test_every_shipped_experiment_is_pinned():
     root = Path(__file__).resolve().parents[2]
     shipped = {p.relative_to(root).as_posix() for p in (root / "configs/experiments").glob("*.yaml")}
     assert shipped | {"configs/smoke/tiny.yaml"} == set(PINNED)
+
+
+ARCH_PINNED = {  # (config, model.arch override) -> (stand-in dataset fixture, exact count): Meta's AdaTT-sp
+    # next to PLE's count above on the same data, expert widths and expert numbers (docs/results.md)
+    ("configs/smoke/tiny.yaml", "adatt_fusion"): ("tiny_dataset", 9_455),
+    ("configs/experiments/synthetic_ple_mlp.yaml", "adatt_fusion"): ("synthetic_dataset", 905_325),
+}
+
+
+@pytest.mark.parametrize("rel, arch", sorted(ARCH_PINNED))
+def test_exact_parameter_count_of_other_archs(rel, arch, request):
+    fixture, expected = ARCH_PINNED[(rel, arch)]
+    cfg = load_config(rel, [f"dataset={request.getfixturevalue(fixture)}", f"model.arch={arch}"])
+    state = fit_preprocessing(cfg.dataset)
+    model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
+    assert sum(p.numel() for p in model.parameters()) == expected

@@ -14,6 +14,7 @@ from ple_adatt.report.stats import (
     clip_ci,
     compare,
     mean_ci,
+    min_detectable_effect,
     metric_direction,
     metric_range,
     paired_differences,
@@ -173,6 +174,27 @@ def test_verdict_nothing_significant_gives_detectable_effect():
     assert line.startswith("No significant difference detected with n = 2 seeds")
     mde = float(line.split("about auc ")[1].split(" ")[0])
     assert 0 < mde < math.inf
+
+
+def test_verdict_states_the_detectable_effect_next_to_significant_findings():
+    seeds = range(5)
+    rows = []
+    for s in seeds:  # auc: a clear gain; pr_auc: noise around zero
+        rows += [("base", s, "a", "binary", "auc", 0.70 + 0.01 * s), ("new", s, "a", "binary", "auc", 0.75 + 0.01 * s + 0.001 * (s % 2)),
+                 ("base", s, "a", "binary", "pr_auc", 0.30), ("new", s, "a", "binary", "pr_auc", 0.30 + 0.01 * (-1) ** s)]
+    meta = StudyMeta("t", "base")
+    out = compare(table(rows), meta)
+    lines = verdict(out, meta)
+    assert lines[0].startswith("new is better than base on a/auc")
+    expected = min_detectable_effect(out.set_index("metric").loc["pr_auc", "sd_diff"], 5, 0.05 / 2, 0.8)
+    assert f"could detect is about pr_auc {expected:.3g}" in lines[1]
+
+
+def test_min_detectable_effect_matches_the_power_formula():
+    # (t_{0.975, 4} + t_{0.8, 4}) * sd / sqrt(5) = (2.7764 + 0.9410) * 0.02 / 2.2361
+    assert min_detectable_effect(0.02, 5, 0.05, 0.8) == pytest.approx(0.033250, abs=1e-5)
+    assert math.isnan(min_detectable_effect(0.02, 1, 0.05))
+    assert min_detectable_effect(0.02, 10, 0.05) < min_detectable_effect(0.02, 5, 0.05)  # more seeds, smaller MDE
 
 
 def test_per_type_average_never_mixes_types():

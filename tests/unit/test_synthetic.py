@@ -314,3 +314,23 @@ def test_shipped_generator_yaml_is_valid_and_documented():
     c = S.load_generator_config(path, ["task_correlation=-0.25"])
     assert c.task_correlation.model_dump() == {g: -0.25 for g in GROUPS}
     assert c.base_rates.ctr == 0.05 and c.gmm_components == 20 and c.seq_days == 30
+
+
+def test_label_scarcity_masks_train_rows_only_and_changes_nothing_else(tmp_path, ds):
+    c = cfg(label_scarcity={"task": "merchant_affinity", "label_fraction": 0.03})
+    S.generate(c, rows=6000, out_dir=tmp_path / "scarce")
+    train, full = _read_all(tmp_path / "scarce" / "train"), _read_all(ds / "train")
+    labelled = train.column("y_merchant_affinity").drop_null()
+    assert 0.02 < len(labelled) / train.num_rows < 0.04                    # 3 % of 4800 train rows kept
+    kept = train.column("y_merchant_affinity").is_valid().to_numpy(zero_copy_only=False)
+    assert np.array_equal(np.asarray(labelled), full.column("y_merchant_affinity").to_numpy()[kept])  # same draws
+    assert train.drop(["y_merchant_affinity"]).equals(full.drop(["y_merchant_affinity"]))
+    for split in ("val", "test"):                                           # fully labelled: measured on full splits
+        assert _read_all(tmp_path / "scarce" / split).equals(_read_all(ds / split)), split
+
+
+def test_label_scarcity_needs_a_task_sharing_an_anchor():
+    with pytest.raises(ValueError, match="cannot be the label-scarce task.*valid: .*merchant_affinity"):
+        cfg(label_scarcity={"task": "spending_bucket"})
+    with pytest.raises(ValueError, match="label_fraction"):
+        cfg(label_scarcity={"task": "cvr", "label_fraction": 0.0})

@@ -117,17 +117,60 @@ class LogitTransferSection(Section):
     """Stop gradients into the source tower, so a target cannot pull on its source (spec §11.13)."""
 
 
+class SAESection(Section):
+    """Sparse autoencoder on the shared representation (spec §6.7): an analysis sidecar trained on a
+    detached input, so it never shapes the model. Every arch but single_task (nothing is shared)."""
+
+    enabled: bool = False
+    """Build and train the SAE; evaluate then reports its sparsity and dead-feature rate, and MLflow
+    gets its feature dictionary (artifact sae/dictionary.npz) at the end of fit."""
+    expansion: int = Field(4, ge=1)
+    """Dictionary size as a multiple of the shared width: L = expansion x D latents (spec: 4)."""
+    l1: float = Field(1e-3, ge=0.0)
+    """Sparsity coefficient lambda_1 of the L1 penalty on the latents (spec: 0.001)."""
+    loss_weight: float = Field(0.01, ge=0.0)
+    """Weight of the SAE loss in the total loss (spec: 0.01); it only scales the SAE's own gradients."""
+
+
+class EvidentialSection(Section):
+    """Evidential heads parallel to the towers (spec §6.8): a Beta (binary) or Dirichlet
+    (multiclass) head, Sensoy et al. 2018, or a Normal-Inverse-Gamma head (regression), Amini et al.
+    2020, on each task's tower input. Predictions still come from the towers; the heads add a
+    per-prediction uncertainty (predict's u_<task> columns)."""
+
+    enabled: bool = False
+    """Build and train the heads for the task types listed in task_types."""
+    task_types: list[Literal["binary", "multiclass", "regression"]] = ["binary", "multiclass", "regression"]
+    """Task types that get a head (contrastive tasks never do)."""
+    loss_weight: float = Field(1.0, ge=0.0)
+    """Weight of the summed per-task evidential losses in the total loss."""
+    kl_weight: float = Field(0.01, ge=0.0)
+    """lambda_KL of the Dirichlet KL(Dir(alpha~) || Dir(1)) term (spec: 0.01)."""
+    anneal_epochs: int = Field(10, ge=0)
+    """The KL coefficient ramps as lambda_KL x min(1, epoch / anneal_epochs) (spec: 10; 0 = no ramp)."""
+    nig_reg: float = Field(0.01, ge=0.0)
+    """lambda of the NIG evidence regulariser |y - mu| (2v + alpha) for regression heads."""
+    interval: float = Field(0.9, gt=0.0, lt=1.0)
+    """Nominal coverage of the regression predictive interval (Student-t of the NIG) that evaluate
+    checks: the share of labels inside it is reported as <task>/coverage."""
+
+
 class _ModelBase(Section):
     """Fields every architecture has; each arch below adds only the fields its builder reads."""
 
-    arch: Literal["shared_bottom", "mmoe", "ple", "single_task", "ple_hetero"]
+    arch: Literal["shared_bottom", "mmoe", "ple", "single_task", "ple_hetero", "adatt_fusion"]
     """shared_bottom | mmoe | ple (CGC levels with MLP experts) | single_task (one net per task) |
-    ple_hetero (the seed's PLE: heterogeneous experts, CGC gate, HMM, basket, logit transfer).
+    ple_hetero (the seed's PLE: heterogeneous experts, CGC gate, HMM, basket, logit transfer) |
+    adatt_fusion (Meta's AdaTT-sp, Li et al. KDD 2023: representation-level task fusion).
     Switching it in an override drops the base's fields the new arch does not have (with a note)."""
     tower_hidden: list[int] = [64, 32]
     """Hidden layer widths of each task tower (MLP before the task's output layer)."""
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     """Dropout rate in experts, towers (and the ple_hetero basket)."""
+    sae: SAESection = SAESection()
+    """Sparse-autoencoder sidecar on the shared representation (off by default)."""
+    evidential: EvidentialSection = EvidentialSection()
+    """Evidential uncertainty heads next to the towers (off by default)."""
 
 
 class _MLPModel(_ModelBase):
@@ -175,6 +218,25 @@ class PLEModel(_MLPModel):
     """Stacked CGC levels (1 = CGC)."""
 
 
+class AdaTTFusionModel(_MLPModel):
+    """Meta's AdaTT-sp (Li et al., "AdaTT: Adaptive Task-to-Task Fusion Network for Multitask
+    Learning in Recommendations", KDD 2023, arXiv:2304.04959) with MLP experts: per level, each task
+    has its own expert group and there is a shared group; each task's fusion gate mixes the outputs of
+    ALL experts (every task's and the shared ones), plus a linear residual of the task's own experts.
+    Representation-level transfer, as opposed to adatt.enabled (our loss-level gradient-affinity
+    transfer); docs/adatt.md compares the two."""
+
+    arch: Literal["adatt_fusion"] = "adatt_fusion"
+    """Selects this architecture."""
+    num_task_experts: int = Field(1, ge=1)
+    """Experts in each task's own group per level (the residual fuses them linearly; with one expert
+    per group it is that expert's output, as in the paper)."""
+    num_shared_experts: int = Field(2, ge=0)
+    """Experts in the shared group per level (0 = AdaTT-sp without shared experts)."""
+    num_levels: int = Field(1, ge=1)
+    """Stacked fusion levels; every level but the last also fuses a shared output for the next."""
+
+
 class HeteroPLEModel(_ModelBase):
     """The seed's PLE: heterogeneous shared experts, CGC gate, HMM routing, basket, logit transfer."""
 
@@ -201,6 +263,7 @@ MODEL_ARCHS: dict[str, type[_ModelBase]] = {
     "mmoe": MMoEModel,
     "ple": PLEModel,
     "ple_hetero": HeteroPLEModel,
+    "adatt_fusion": AdaTTFusionModel,
 }
 
 
@@ -251,6 +314,12 @@ class AdattSection(Section):
     freeze_fraction: float = Field(0.8, gt=0.0, le=1.0)
     """Start of the frozen phase (transfer weights fixed, affinity no longer measured) as a fraction
     of the phase-1 epochs. Boundaries are fractions so short runs keep all three phases."""
+    warmup_epochs: int | None = Field(None, ge=0)
+    """Explicit end of the warmup phase in epochs (0-based: epochs < warmup_epochs warm up). Set it
+    together with freeze_epoch, instead of the fractions (setting both kinds is an error)."""
+    freeze_epoch: int | None = Field(None, ge=1)
+    """Explicit first frozen epoch (0-based), > warmup_epochs and < train.epochs so every phase runs;
+    set together with warmup_epochs instead of the fractions."""
     affinity_on: Literal["parameters", "expert_heads", "representation"] = "expert_heads"
     """Task gradients w.r.t. every shared-expert parameter (spec §7.1; one backward through all
     experts per task), each expert's output head (GradNorm's last shared layer; the default: +8 %
@@ -258,6 +327,17 @@ class AdattSection(Section):
 
     @model_validator(mode="after")
     def _order(self):
+        explicit = [k for k in ("warmup_epochs", "freeze_epoch") if getattr(self, k) is not None]
+        fractions = sorted({"warmup_fraction", "freeze_fraction"} & self.model_fields_set)
+        if explicit and fractions:
+            raise ValueError(f"adatt.{explicit[0]} and adatt.{fractions[0]} are both set: give the schedule "
+                             f"either in epochs (warmup_epochs + freeze_epoch) or as fractions, not both")
+        if len(explicit) == 1:
+            missing = ({"warmup_epochs", "freeze_epoch"} - set(explicit)).pop()
+            raise ValueError(f"adatt.{explicit[0]} needs adatt.{missing} too (set both, or neither to use fractions)")
+        if explicit and self.freeze_epoch <= self.warmup_epochs:
+            raise ValueError(f"adatt.freeze_epoch ({self.freeze_epoch}) must be > adatt.warmup_epochs "
+                             f"({self.warmup_epochs}), or the dynamic phase never runs")
         if self.freeze_fraction <= self.warmup_fraction:
             raise ValueError(f"freeze_fraction ({self.freeze_fraction}) must be > warmup_fraction ({self.warmup_fraction})")
         return self
@@ -491,6 +571,11 @@ class ExperimentConfig(Section):
         if self.adatt.enabled and self.adatt.affinity_on == "representation" and self.model.arch != "ple_hetero":
             errors.append(f"adatt.affinity_on: representation needs model.arch=ple_hetero (the one model with "
                           f"a single shared representation); got {self.model.arch}. Use parameters or expert_heads")
+        if self.adatt.enabled and self.adatt.freeze_epoch is not None and self.adatt.freeze_epoch >= self.train.epochs:
+            errors.append(f"adatt.freeze_epoch: {self.adatt.freeze_epoch} must be < train.epochs "
+                          f"({self.train.epochs}), or the frozen phase never runs")
+        if self.model.arch == "single_task" and self.model.sae.enabled:
+            errors.append("model.sae.enabled: the SAE reads the shared representation; model.arch=single_task has none")
         if self.two_phase.enabled and self.model.arch != "ple_hetero":
             errors.append(f"two_phase.enabled: needs model.arch=ple_hetero (got {self.model.arch})")
         # Edges and priors may name tasks outside active_tasks (they are then skipped), not unknown ones.

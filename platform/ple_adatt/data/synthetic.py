@@ -32,13 +32,14 @@ from threadpoolctl import threadpool_limits
 from ple_adatt.config.loading import ConfigError, validate
 from ple_adatt.config.paths import apply_overrides, read_yaml
 
-from .synthetic_labels import GROUPS, RETENTION_IF_CHURNED, TASKS, LabelModel
+from .synthetic_labels import ANCHORS, GROUPS, RETENTION_IF_CHURNED, TASKS, LabelModel
 from .synthetic_population import (HMM_MODES, PERSONAS, PROFILE, SEQ_FEATURES, TABULAR, World, make_world,
                                    sample_population)
 
 BLOCK_ROWS = 4096                  # part of the RNG scheme: changing it changes the data
 TASK_NAMES = tuple(t[0] for t in TASKS)
 STREAM_FEATURES, STREAM_CALIBRATION, STREAM_LABELS = 1, 2, 3
+STREAM_SCARCITY = 4               # label_scarcity's draws: switching the regime on changes no other column
 EXPERTS = {"tabular": ["deepfm", "causal", "optimal_transport"], "profile": ["deepfm"],
            "sequence": ["temporal"], "hierarchy": ["hgcn"], "tda": ["perslay"], "collaborative": ["lightgcn"]}
 
@@ -88,6 +89,43 @@ class TaskCorrelation(_Strict):
     consumption: float = Field(0.5, ge=-1, le=1)
 
 
+class LabelScarcity(_Strict):
+    """The transfer regime (issue 20): `task` keeps its label on only `label_fraction` of the TRAIN
+    rows (the rest are null, so masked in the loss); val and test rows stay labelled, so the task is
+    still measured on full splits. Its function is shared with its group's dense anchor (ctr, churn,
+    balance_util, spending_bucket) through task_correlation.<group>: s_task = rho U + sqrt(1-rho^2) V."""
+
+    task: str | None = None
+    """The label-scarce task (a non-anchor, non-contrastive task); None = the regime is off."""
+    label_fraction: float = Field(0.02, gt=0, le=1)
+    """Share of train rows that keep the task's label (e.g. 0.01-0.05)."""
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v):
+        if v is None:
+            return v
+        kinds = {name: kind for name, kind, *_ in TASKS}
+        anchors = {a for a in ANCHORS.values()}
+        if v not in kinds or v in anchors or kinds[v] == "contrastive":
+            valid = [t for t in TASK_NAMES if t not in anchors and kinds[t] != "contrastive"]
+            raise ValueError(f"'{v}' cannot be the label-scarce task: it must share its group anchor's "
+                             f"function, so a non-anchor, non-contrastive task; valid: {valid}")
+        return v
+
+
+def scarce_label_mask(cfg: "GeneratorConfig", seed: int, b: int, n_train: int) -> np.ndarray | None:
+    """Rows of block b [BLOCK_ROWS] whose label_scarcity.task label is dropped: train rows (global
+    index < n_train) outside the kept `label_fraction`; None when the regime is off. A function of
+    (seed, row index) alone, like every other column."""
+    ls = cfg.label_scarcity
+    if ls.task is None:
+        return None
+    rows = np.arange(b * BLOCK_ROWS, (b + 1) * BLOCK_ROWS)
+    keep = np.random.default_rng([seed, STREAM_SCARCITY, b]).random(BLOCK_ROWS) < ls.label_fraction
+    return (rows < n_train) & ~keep
+
+
 class GeneratorConfig(_Strict):
     name: str = "synthetic_financial"
     seed: int = 42
@@ -99,6 +137,7 @@ class GeneratorConfig(_Strict):
     seq_days: int = Field(30, ge=28, le=180)         # timing task reads days 0..27
     hmm_missing_rate: float = Field(0.03, ge=0, lt=1)
     label_missing_rate: dict[str, float] = {"ltv": 0.05}
+    label_scarcity: LabelScarcity = LabelScarcity()
     n_brands: int = Field(128, ge=12)
     gmm_components: int = Field(20, ge=2)
     gmm_fit_rows: int = Field(20_000, ge=100)
@@ -196,7 +235,7 @@ class _Generator:
     """Holds the seed-derived world, the calibrated label model and the train-fitted GMM."""
 
     def __init__(self, cfg: GeneratorConfig, seed: int, n_train: int):
-        self.cfg, self.seed = cfg, seed
+        self.cfg, self.seed, self.n_train = cfg, seed, n_train
         self.world, self.labels = build_label_model(cfg, seed)
         n_fit = min(n_train, cfg.gmm_fit_rows)
         if n_fit < 5 * cfg.gmm_components:
@@ -231,6 +270,10 @@ class _Generator:
     def table(self, b: int) -> pa.Table:
         """Block b as an Arrow table (all columns of the written layout)."""
         f, (y, missing), o = self.block(b, with_labels=True)
+        scarce = scarce_label_mask(self.cfg, self.seed, b, self.n_train)
+        if scarce is not None:
+            t = self.cfg.label_scarcity.task
+            missing = {**missing, t: missing[t] | scarce if t in missing else scarce}
         cols: dict[str, pa.Array] = {"customer_id": pa.array(np.arange(b * BLOCK_ROWS, (b + 1) * BLOCK_ROWS))}
         for c in TABULAR:
             cols[c] = pa.array(f[c].astype(np.float32))

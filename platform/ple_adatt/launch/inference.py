@@ -22,7 +22,9 @@ from ple_adatt.data.files import check_dataset, parquet_dataset, split_files
 from ple_adatt.data.reading import read_split
 from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes
 from ple_adatt.data.targets import original_units, to_original_units
+from ple_adatt.model.sidecars import sidecars_of
 from ple_adatt.train.build import build_model
+from ple_adatt.train.calibration import calibration_metrics
 from ple_adatt.train.checkpoint import load_config_and_preprocess, load_state
 from ple_adatt.train.evaluate import predict_batches
 from ple_adatt.train.metrics import evaluate_predictions, sigmoid, softmax
@@ -94,19 +96,28 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str | None = N
     spec, split = resolve_data(cfg, data, split)
     check_dataset(spec, (split,), cfg.task_names())
     tasks = cfg.task_names()
+    side = sidecars_of(model)
+    if side is not None:  # count SAE latent firing over the split (sparsity, dead features)
+        side.track_sae = True
     preds = predict_batches(model, _torch_batches(spec, state, tasks, split, batch_rows), tasks, torch.device("cpu"))
     types = {t: spec.task(t).type for t in tasks}
     metrics = {**validation_loss(cfg, preds), **evaluate_predictions(types, to_original_units(preds, state.targets)),
-               **prediction_spreads(types, preds)}
+               **prediction_spreads(types, preds),
+               # the evidential heads score in the units they train in (coverage does not depend on them)
+               **calibration_metrics(types, preds, cfg.model.evidential.interval),
+               **(side.sae_stats() if side is not None else {})}
     metrics.update(collapse_flags(types, metrics, prefix=""))
     return {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, "metrics": metrics}
 
 
-def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor],
-                       targets: dict[str, dict] | None = None) -> dict[str, np.ndarray]:
+def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor], targets: dict[str, dict] | None = None,
+                       model: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
     """Model logits -> user-facing columns: p_<t> (binary), probs_<t> + pred_<t> (multiclass), pred_<t>
-    (regression, in the label's original units: ``targets`` is PreprocessState.targets)."""
+    (regression, in the label's original units: ``targets`` is PreprocessState.targets); with evidential
+    heads (``model`` given), u_<t>: the per-prediction uncertainty of the same forward (C/S for
+    classification, β/(v(α−1)) for regression; docs/model-task-side.md)."""
     cols: dict[str, np.ndarray] = {}
+    side = sidecars_of(model) if model is not None else None
     for t in cfg.task_names():
         ttype, z = cfg.dataset.task(t).type, out[t].float().cpu().numpy()
         if ttype == "binary":
@@ -116,6 +127,8 @@ def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor],
             cols[f"probs_{t}"], cols[f"pred_{t}"] = p, p.argmax(1)
         else:
             cols[f"pred_{t}"] = original_units((targets or {}).get(t), z).astype(np.float32)
+        if side is not None and "u" in (u := side.uncertainty_arrays(t)):
+            cols[f"u_{t}"] = u["u"].detach().float().cpu().numpy()
     return cols
 
 
@@ -132,7 +145,7 @@ class BatchPredictor:
         with torch.no_grad():
             out = self.model(to_tensors(packed))
         cols = {"id": pa.array(ids)}
-        for k, v in prediction_columns(self.cfg, out, self.state.targets).items():
+        for k, v in prediction_columns(self.cfg, out, self.state.targets, self.model).items():
             cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1]) if v.ndim == 2 else pa.array(v)
         return pa.table(cols)
 

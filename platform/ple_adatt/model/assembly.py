@@ -21,9 +21,11 @@ from ple_adatt.model.shared_side import SharedExtractor
 
 class HeteroPLE(nn.Module):
     def __init__(self, shared: SharedExtractor, towers: nn.ModuleDict, tasks: Sequence[str],
-                 basket: nn.Module | None = None, transfer: nn.Module | None = None, basket_skip: bool = False):
+                 basket: nn.Module | None = None, transfer: nn.Module | None = None, basket_skip: bool = False,
+                 sidecars: nn.Module | None = None):
         super().__init__()
         self.shared, self.towers, self.basket, self.transfer = shared, towers, basket, transfer
+        self.sidecars = sidecars  # model/sidecars.py: evidential heads / SAE, None when both are off
         self.basket_skip = basket_skip
         self.tasks = list(tasks)
         self.order = list(transfer.order) if transfer is not None else self.tasks
@@ -43,6 +45,8 @@ class HeteroPLE(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         h = self.task_inputs(batch)
+        if self.sidecars is not None:  # evidential heads read the tower inputs, the SAE the shared experts
+            self.sidecars(h, self.shared_representation())
         logits: dict[str, Tensor] = {}
         for t in self.order:  # sources before targets, so transfer sees their logits
             x = self.transfer(t, h[t], logits) if self.transfer is not None else h[t]
@@ -50,13 +54,15 @@ class HeteroPLE(nn.Module):
         return {t: logits[t] for t in self.tasks}
 
     def aux_losses(self) -> dict[str, Tensor]:
-        """Keyword arguments for losses.aggregate_losses: CGC entropy and the causal DAG penalty."""
+        """Keyword arguments for losses.aggregate_losses: CGC entropy, the causal DAG penalty, the SAE loss."""
         aux = self.shared.aux_losses()
         out = {}
         if "cgc_entropy" in aux:
             out["cgc_entropy"] = aux["cgc_entropy"]
         if "causal_dag" in aux:
             out["dag"] = aux["causal_dag"]
+        if self.sidecars is not None and self.sidecars.sae_loss is not None:
+            out["sae"] = self.sidecars.sae_loss
         return out
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -78,20 +78,47 @@ def last_linear_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in linears[-1].parameters() if p.requires_grad]
 
 
+class _OutputRecorder:
+    """Forward hook keeping each hooked module's last output (keyed by module, in hook order). An
+    object, not a closure, so a deep-copied model records into its own copy."""
+
+    def __init__(self):
+        self.outputs: dict[int, torch.Tensor] = {}
+
+    def __call__(self, module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        self.outputs[id(module)] = output
+
+
 class MultiTaskModel(nn.Module):
     """encoder -> extractor -> towers. `extractor(x [B, D_in]) -> {task: [B, D_t]}`."""
 
-    def __init__(self, encoder: InputEncoder, extractor: nn.Module, towers: Towers):
+    def __init__(self, encoder: InputEncoder, extractor: nn.Module, towers: Towers, sidecars: nn.Module | None = None):
         super().__init__()
         self.encoder, self.extractor, self.towers = encoder, extractor, towers
+        self.sidecars = sidecars  # model/sidecars.py: evidential heads / SAE, None when both are off
+        self._shared_out = _OutputRecorder()
+        if sidecars is not None and sidecars.sae is not None:  # the SAE reads the shared modules' outputs
+            for m in extractor.shared_modules():
+                m.register_forward_hook(self._shared_out)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.towers(self.extractor(self.encoder(batch)))
+        self._shared_out.outputs.clear()
+        reps = self.extractor(self.encoder(batch))
+        if self.sidecars is not None:
+            self.sidecars(reps, self.shared_outputs() if self.sidecars.sae is not None else None)
+        return self.towers(reps)
+
+    def shared_outputs(self) -> torch.Tensor | None:
+        """Concat of the shared modules' outputs [B, D] of the last forward (recorded only with an SAE;
+        the SAE's input; not adaTT's `representation` target, which is ple_hetero's alone)."""
+        outs = list(self._shared_out.outputs.values())
+        return torch.cat(outs, dim=1) if outs else None
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
-        """Regularisers of the last forward pass, as keyword arguments of losses.aggregate_losses
-        (cgc_entropy, dag, sae, evidential); none for the baselines."""
-        return {}
+        """Regularisers of the last forward pass, as keyword arguments of losses.aggregate_losses:
+        the SAE loss when the model has one; the baselines have no gate or DAG terms."""
+        sae = self.sidecars.sae_loss if self.sidecars is not None else None
+        return {} if sae is None else {"sae": sae}
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task shares (GradNorm and adaTT measure task gradients on them)."""

@@ -385,18 +385,23 @@ def verdict(comparisons: pd.DataFrame, meta: StudyMeta, by: Sequence[str] = ("ta
             f"({n_txt} seeds).")
     rest = len(tested) - len(sig)
     if sig.empty:
-        mde = (tested.groupby("metric")["mde"].median().dropna()
-               .map(lambda x: f"{x:.3g}").to_dict())
-        mde_txt = ", ".join(f"{k} {v}" for k, v in mde.items()) or "not estimable"
         lines.append(
             f"{context}No significant difference detected with {n_txt} seeds at α = {meta.alpha} "
             f"after {name} correction across {len(tested)} comparisons; the smallest detectable "
-            f"effect at this spread is about {mde_txt} (median over comparisons, "
+            f"effect at this spread is about {_mde_text(tested)} (median over comparisons, "
             f"{meta.power:.0%} power).")
     elif rest:
+        # A null next to significant findings is only informative with the effect it could have seen.
         lines.append(f"{context}The other {rest} of {len(tested)} comparisons show no significant "
-                     f"difference at α = {meta.alpha} ({name}).")
+                     f"difference at α = {meta.alpha} ({name}); the smallest effect they could detect "
+                     f"is about {_mde_text(tested[~tested['significant']])} (median, {meta.power:.0%} power).")
     return lines
+
+
+def _mde_text(comparisons: pd.DataFrame) -> str:
+    """'auc 0.0123, rmse 0.045': median minimum detectable effect per metric of ``comparisons``."""
+    mde = comparisons.groupby("metric")["mde"].median().dropna().map(lambda x: f"{x:.3g}").to_dict()
+    return ", ".join(f"{k} {v}" for k, v in mde.items()) or "not estimable"
 
 
 def _p(p: float) -> str:

@@ -14,8 +14,10 @@ from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.targets import output_bias
 from ple_adatt.losses.weighting import WEIGHTINGS
 from ple_adatt.model.assembly import HeteroPLE
+from ple_adatt.model.adatt_fusion import AdaTTSp
 from ple_adatt.model.baselines import MMoE, PLE, InputEncoder, MultiTaskModel, SharedBottom, SingleTask, Towers
 from ple_adatt.model.shared_side import build_shared_extractor
+from ple_adatt.model.sidecars import Sidecars
 from ple_adatt.model.task_side import LogitTransfer, task_basket
 from ple_adatt.model.towers import ContrastiveTower, TaskTower
 
@@ -85,10 +87,26 @@ def _mlp_extractor_model(cfg: ExperimentConfig, inputs: dict[str, dict], cluster
         extractor = SingleTask(d_in, hidden, tasks, m.dropout)
     elif m.arch == "mmoe":
         extractor = MMoE(d_in, hidden, tasks, m.num_experts, m.dropout)
+    elif m.arch == "adatt_fusion":
+        extractor = AdaTTSp(d_in, hidden, tasks, m.num_task_experts, m.num_shared_experts, m.num_levels, m.dropout)
     else:
         extractor = PLE(d_in, hidden, tasks, m.num_shared_experts, m.num_task_experts, m.num_levels, m.dropout)
     towers = Towers({t: extractor.out_dim for t in tasks}, task_output_dims(cfg), list(m.tower_hidden), m.dropout)
-    return MultiTaskModel(encoder, extractor, towers)
+    shared_dim = len(extractor.shared_modules()) * extractor.out_dim
+    return MultiTaskModel(encoder, extractor, towers,
+                          sidecars=build_sidecars(cfg, dict.fromkeys(tasks, extractor.out_dim), shared_dim))
+
+
+def build_sidecars(cfg: ExperimentConfig, task_dims: dict[str, int], shared_dim: int) -> Sidecars | None:
+    """model.evidential heads (tasks of the listed types, on their tower inputs of width task_dims[t])
+    and the model.sae SAE on the shared representation [B, shared_dim]; None when both are off."""
+    m = cfg.model
+    if not (m.sae.enabled or m.evidential.enabled):
+        return None
+    types = {t: cfg.dataset.task(t).type for t in task_dims}
+    heads = {t: ty for t, ty in types.items() if m.evidential.enabled and ty in m.evidential.task_types}
+    return Sidecars(heads, task_dims, task_output_dims(cfg), shared_dim=shared_dim if m.sae.enabled else None,
+                    sae_expansion=m.sae.expansion, sae_l1=m.sae.l1)
 
 
 
@@ -134,7 +152,8 @@ def build_hetero_ple(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: 
     if m.logit_transfer.enabled and edges:  # edges touching an inactive task are dropped
         transfer = LogitTransfer(tasks, {t: spec.task(t).type for t in tasks}, out_dims, edges,
                                  hidden_dim=tower_in, detach_source=m.logit_transfer.detach_source)
-    return HeteroPLE(shared, towers, tasks, basket=basket, transfer=transfer, basket_skip=m.basket.skip)
+    return HeteroPLE(shared, towers, tasks, basket=basket, transfer=transfer, basket_skip=m.basket.skip,
+                     sidecars=build_sidecars(cfg, dict.fromkeys(tasks, tower_in), shared.shared_dim))
 
 
 MODEL_BUILDERS = {  # model.arch -> builder; the dict build_model dispatches on (a test checks it against the schema)
@@ -143,6 +162,7 @@ MODEL_BUILDERS = {  # model.arch -> builder; the dict build_model dispatches on 
     "mmoe": _mlp_extractor_model,
     "ple": _mlp_extractor_model,
     "ple_hetero": build_hetero_ple,
+    "adatt_fusion": _mlp_extractor_model,
 }
 
 
@@ -184,7 +204,7 @@ def build_adatt(cfg: ExperimentConfig) -> AdaTT | None:
                  neg_threshold=a.neg_threshold, max_transfer_ratio=a.max_transfer_ratio,
                  grad_interval=a.grad_interval, prior_blend_start=a.prior_blend_start,
                  prior_blend_end=a.prior_blend_end, warmup_fraction=a.warmup_fraction,
-                 freeze_fraction=a.freeze_fraction)
+                 freeze_fraction=a.freeze_fraction, warmup_epochs=a.warmup_epochs, freeze_epoch=a.freeze_epoch)
 
 
 def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, extras: list[torch.nn.Module], lr: float,

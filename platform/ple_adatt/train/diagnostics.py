@@ -82,3 +82,21 @@ def log_adatt_diagnostics(adatt, epoch: int, metrics: dict, logger, rank: int) -
         final = Path(d) / "affinity_final.json"  # overwritten each epoch: the last one is the final epoch's
         final.write_text(json.dumps({"tasks": adatt.task_names, "matrix": adatt.affinity.tolist(), "epoch": epoch}))
         logger.log_artifact(final, "adatt")
+
+
+def log_sae_dictionary(raw_model, logger, last_epoch: bool, rank: int) -> Path | None:
+    """At the end of fit (rank 0), the SAE's feature dictionary as MLflow artifact sae/dictionary.npz:
+    ``decoder`` [L, D] unit-norm feature directions, ``b_enc`` [L], ``b_pre`` [D]. Returns the file's
+    name under a temporary folder (gone after logging), or None when there is nothing to log."""
+    from ple_adatt.model.sidecars import sidecars_of
+
+    side = sidecars_of(raw_model)
+    if rank != 0 or not last_epoch or side is None or side.sae is None:
+        return None
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "dictionary.npz"
+        np.savez(path, **{k: v.numpy() for k, v in side.dictionary().items()})
+        logger.log_artifact(path, "sae")
+    return path

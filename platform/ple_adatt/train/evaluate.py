@@ -7,13 +7,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ple_adatt.model.sidecars import sidecars_of
 from ple_adatt.train.step import autocast_context
 
 
 @torch.no_grad()
 def predict_parts(model, batches, tasks: list[str], device, keep=lambda i: True, cfg=None) -> list[tuple[int, dict]]:
-    """[(batch index, {task: {"logits", "label", "mask"[, "oracle"]}})] numpy, for the batches kept."""
+    """[(batch index, {task: {"logits", "label", "mask"[, "oracle"][, evidential "u", ...]}})] numpy,
+    for the batches kept (the evidential keys: model/sidecars.py Sidecars.uncertainty_arrays)."""
     model.eval()
+    side = sidecars_of(model)
     parts = []
     for i, batch in enumerate(batches):
         if not keep(i):
@@ -26,6 +29,8 @@ def predict_parts(model, batches, tasks: list[str], device, keep=lambda i: True,
             arrays = {"logits": out[t].float(), "label": batch[f"label/{t}"], "mask": batch[f"mask/{t}"]}
             if f"oracle/{t}" in batch:
                 arrays["oracle"] = batch[f"oracle/{t}"]
+            if side is not None:
+                arrays |= side.uncertainty_arrays(t)
             one[t] = {k: v.detach().cpu().numpy() for k, v in arrays.items()}
         parts.append((i, one))
     return parts

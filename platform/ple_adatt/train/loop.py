@@ -23,7 +23,8 @@ from ple_adatt.data.targets import to_original_units
 from ple_adatt.tracking.mlflow_tracking import make_logger
 from ple_adatt.train.build import build_adatt, build_model, build_weighting, set_schedule_position
 from ple_adatt.train.checkpoint import load_state, save_checkpoint
-from ple_adatt.train.diagnostics import log_adatt_diagnostics, log_gate_diagnostics
+from ple_adatt.train.calibration import calibration_metrics
+from ple_adatt.train.diagnostics import log_adatt_diagnostics, log_gate_diagnostics, log_sae_dictionary
 from ple_adatt.train.evaluate import predict_distributed
 from ple_adatt.train.metrics import evaluate_predictions
 from ple_adatt.train.monitor import collapse_flags, collapsed_tasks, prediction_spreads, shared_decision, should_stop
@@ -191,6 +192,8 @@ def train_loop_per_worker(config: dict) -> None:
             metrics.update({f"val/{k}": v for k, v in evaluate_predictions(
                 task_types, to_original_units(preds, state.targets)).items()})
             metrics.update({f"val/{k}": v for k, v in prediction_spreads(task_types, preds).items()})
+            metrics.update({f"val/{k}": v for k, v in calibration_metrics(task_types, preds,
+                                                                          cfg.model.evidential.interval).items()})
             metrics.update(collapse_flags(task_types, metrics))
             collapsed = collapsed_tasks(task_types, metrics)
             elapsed = time.perf_counter() - run_start
@@ -205,6 +208,7 @@ def train_loop_per_worker(config: dict) -> None:
                       + "; ".join(f"{t} ({why})" for t, why in collapsed.items())
                       + " - see docs/rare-tasks.md", flush=True)
         log_gate_diagnostics(raw_model, metrics, logger, epoch == total_epochs - 1, rank)
+        log_sae_dictionary(raw_model, logger, epoch == total_epochs - 1, rank)
         log_adatt_diagnostics(adatt, epoch, metrics, logger, rank)
         history.append(metrics)
         # rank 0 holds the validation metrics; every rank follows its decision (same epoch everywhere)

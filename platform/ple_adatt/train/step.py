@@ -20,6 +20,7 @@ from ple_adatt.adatt import AdaTT, Phase
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.losses.aggregate import aggregate_losses
 from ple_adatt.losses.task_losses import TASK_LOSSES
+from ple_adatt.model.sidecars import sidecars_of
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,6 +51,20 @@ def validation_loss(cfg: ExperimentConfig, preds: dict) -> dict[str, float]:
         out[f"{t}/loss"] = loss
         total += s.weight * loss
     out["loss"] = total
+    return out
+
+
+def sidecar_losses(cfg: ExperimentConfig, raw_model: nn.Module, batch: dict[str, torch.Tensor], epoch: int) -> dict:
+    """aggregate_losses keyword arguments of the model's sidecars after a forward: ``evidential``
+    (model.evidential.loss_weight x Σ_t evidential loss of t) and ``sae_weight``; {} without sidecars."""
+    side = sidecars_of(raw_model)
+    if side is None:
+        return {}
+    e, out = cfg.model.evidential, {"sae_weight": cfg.model.sae.loss_weight}
+    if side.last:
+        per_task = side.evidential_loss(batch, epoch, kl_weight=e.kl_weight, anneal_epochs=e.anneal_epochs,
+                                        nig_reg=e.nig_reg)
+        out["evidential"] = e.loss_weight * sum(per_task.values())
     return out
 
 
@@ -107,6 +122,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    epoch: int = 0  # set by train/trainable.begin_epoch; anneals the evidential KL term
 
     def __post_init__(self) -> None:
         self.reduce_mean = mean_all_reduce(self.world)
@@ -126,7 +142,8 @@ class Trainer:
                 global_step, weighted, counts={t: batch[f"mask/{t}"].sum() for t in weighted},
                 all_reduce_mean=self.reduce_mean, **affinity_target(cfg, raw))
             transfer = lambda w: adatt.transfer_losses(w, present)  # noqa: E731
-        total, terms = aggregate_losses(weighted, extra, transfer=transfer, **raw.aux_losses())
+        total, terms = aggregate_losses(weighted, extra, transfer=transfer, **raw.aux_losses(),
+                                        **sidecar_losses(cfg, raw, batch, self.epoch))
         # A task with no label on this rank drops out of `weighted`; keep its tower in the graph
         # (zero gradient) so DDP's reducer sees every parameter on every rank.
         total = total + sum((0.0 * l for t, l in losses.items() if not present[t]), total.new_zeros(()))

@@ -102,6 +102,7 @@ def begin_epoch(trainer: Trainer, trainable: TrainableSet, epoch: int, phase: in
     Returns (training phase, whether the trainable set changed). Used by the worker loop and the
     gloo harness (tests/ddp_harness.py)."""
     cfg, adatt = trainer.cfg, trainer.adatt
+    trainer.epoch = epoch
     if epoch >= cfg.train.epochs and phase == 1:  # two-phase training: switch once
         phase = 2
         if adatt is not None:
