@@ -2,7 +2,7 @@
 coverage matrix, and kill-and-resume inside every training phase.
 
 The matrix is pairwise over architecture x weighting x adaTT x two-phase x gate kind (every pair of
-values that can go together appears in at least one run; the full product is 75 runs). Each run
+values that can go together appears in at least one run; the full product is 83 runs). Each run
 trains 3 phase-1 epochs (adaTT: warmup, dynamic, frozen with grad_interval 1) plus one phase-2
 epoch where two-phase is on, and must end with both ranks bit-identical after every epoch.
 """
@@ -17,7 +17,7 @@ from ddp_harness import in_sync, run_ranks
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 FACTORS = {  # dict literal: what the matrix varies (values as config overrides)
-    "arch": ["shared_bottom", "mmoe", "ple", "ple_hetero", "single_task"],
+    "arch": ["shared_bottom", "mmoe", "ple", "ple_hetero", "single_task", "adatt_fusion"],
     "weighting": ["fixed", "uncertainty", "gradnorm", "dwa"],
     "adatt": [False, True],
     "two_phase": [False, True],

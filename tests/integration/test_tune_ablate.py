@@ -66,10 +66,10 @@ def test_study_two_variants_two_seeds_report_and_regeneration(ray_session, tiny_
         run_study(prepare_study(path, overrides + ["seeds=[0,1,2]"]), verbose=0)
     report = tmp_path / "runs" / "itest-study" / "report"
     md = (report / "report.md").read_text()
-    for section in ("Summary", "Verdict", "Per-task results", "Paired differences vs baseline",
+    for section in ("Headline", "Summary", "Verdict", "Per-task results", "Paired differences vs baseline",
                     "Per-type averages", "Oracle gaps", "Plots", "Method"):
         assert f"## {section}" in md, section
-    for f in ("report.html", "summary.csv", "comparisons.csv", "results.csv", "seeds_binary.png"):
+    for f in ("report.html", "summary.csv", "comparisons.csv", "results.csv", "seeds_binary.png", "forest.png"):
         assert (report / f).is_file(), f
     df = out.results
     assert set(df["variant"]) == {"ple", "mmoe"} and set(df["seed"]) == {0, 1}

@@ -64,7 +64,7 @@ def test_output_bias_formulas():
     assert output_bias({"type": "contrastive", "n": 4}, 7) is None
 
 
-@pytest.mark.parametrize("arch", ["shared_bottom", "single_task", "mmoe", "ple", "ple_hetero"])
+@pytest.mark.parametrize("arch", ["shared_bottom", "single_task", "mmoe", "ple", "ple_hetero", "adatt_fusion"])
 def test_every_arch_starts_at_the_train_prior(tiny, arch):
     cfg, state, table = tiny
     extra = ["model.experts.use=[mlp]"] if arch == "ple_hetero" else []
