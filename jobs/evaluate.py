@@ -5,8 +5,9 @@
 """
 import argparse
 import json
+from pathlib import Path
 
-from ple_adatt.cli import fail
+from ple_adatt.cli import fail, run_job
 from ple_adatt.config import storage
 from ple_adatt.launch.inference import evaluate_checkpoint
 
@@ -19,8 +20,13 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON file to write (default: <checkpoint>/eval_<split>.json)")
     a = p.parse_args()
     try:
+        if a.out and storage.local_path(a.out) is not None:  # checked before the metrics are computed
+            out_path = Path(storage.local_path(a.out))
+            if out_path.is_dir():
+                raise IsADirectoryError(f"--out {a.out} is a folder; give a JSON file path")
+            out_path.parent.mkdir(parents=True, exist_ok=True)
         res = evaluate_checkpoint(a.checkpoint, a.data, a.split)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         fail(e)
     for k, v in sorted(res["metrics"].items()):
         print(f"{k:<40} {v:.6f}")
@@ -30,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +63,10 @@ def read_raw(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: expected {len(COLUMNS)} comma-separated columns in every row: {e}") from None
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: file is empty, expected raw census-income rows") from None
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:  # not gzip, truncated gzip, binary
+        kind = "a gzip CSV" if path.suffix == ".gz" else "a CSV"
+        raise ValueError(f"{path}: cannot be read as {kind} ({type(e).__name__}: {e}); expected the raw UCI "
+                         f"census-income file (gzip or plain text)") from None
     short = raw.isna().any(axis=1)
     if raw.shape[1] == len(COLUMNS) and short.any():
         raise ValueError(f"{path}: row {int(short.idxmax())} has fewer than {len(COLUMNS)} columns")
@@ -145,6 +150,8 @@ def prepare_census(train_path: str | Path, val_path: str | Path, test_path: str 
     renamed into place, so a failed run never leaves a complete-looking out_dir.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"out folder {out_dir} is an existing file, not a folder; choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
     paths = {"train": train_path, "val": val_path} | ({"test": test_path} if test_path is not None else {})

@@ -337,6 +337,8 @@ def generate(config: GeneratorConfig | dict | str | Path, rows: int, out_dir: st
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"out folder {out_dir} is an existing file, not a folder; choose another --out")
     fp = _fingerprint(cfg, rows, seed)
     if out_dir.exists() and any(out_dir.iterdir()):
         marker = out_dir / "generator.json"
