@@ -30,6 +30,8 @@ def main() -> None:
         fail(e)
     for k, v in sorted(res["metrics"].items()):
         print(f"{k:<40} {v:.6f}")
+    for line in res["notes"]:  # unseen categories / non-finite values in the evaluated split
+        print(f"note: {line}")
     out = a.out or storage.join(a.checkpoint, f"eval_{res['split']}.json")  # local or s3://...
     storage.write_text(out, json.dumps(res, indent=2, sort_keys=True))
     print(f"written: {out}")

@@ -2,6 +2,7 @@
 exit code and a one-line `error:` message (no traceback), before Ray starts, losing nothing.
 
     python tests/hostile_cases.py            # every case as a subprocess; prints the markdown table
+    python tests/hostile_cases.py --in-process   # the same through run_job(main) in one interpreter (fast)
 tests/unit/test_hostile_inputs.py runs the same cases in-process (same `run_job(main)` entry, no
 interpreter start per case) so the unit tier stays fast, and one of them as a subprocess.
 """
@@ -258,7 +259,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         failures = 0
         for c in cases:
-            code, first, text = run_case(c, in_process=False)
+            code, first, text = run_case(c, in_process="--in-process" in sys.argv)
             bad = check(c, code, first, text)
             failures += bool(bad)
             cmd = " ".join(a.replace(d, "$TMP") for a in c.argv).replace(str(ROOT) + "/", "")

@@ -164,3 +164,18 @@ def test_checkpoint_metric_names_cover_what_evaluation_reports():
     check_checkpoint_metric(load_config(TINY, ["train.checkpoint_metric=val/avg/binary/auc", "train.checkpoint_mode=max"]))
     with pytest.raises(ValueError, match="close matches: val/click/auc"):
         check_checkpoint_metric(load_config(TINY, ["train.checkpoint_metric=val/clik/auc"]))
+
+
+def test_evaluation_reports_unseen_categories(hostile_data, tmp_path):
+    """A checkpoint evaluated on a split with categories never seen in train: scored (index 0)
+    and counted in the result."""
+    import sys
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hostile_cases import _checkpoint
+
+    from ple_adatt.launch.inference import evaluate_checkpoint
+
+    ck = _checkpoint(tmp_path / "epoch_0000", Path(hostile_data))
+    res = evaluate_checkpoint(ck, "val")
+    assert res["unseen"]["c0"] == 2 and res["notes"] == ["categories unseen in train (mapped to index 0) in val: c0=2"]
+    assert np.isfinite(res["metrics"]["loss"])

@@ -46,8 +46,13 @@ class FeatureReport:
 
     def params(self) -> dict[str, int]:
         """Flat MLflow params: data.nonfinite.<split>.<column>, data.unseen.<split>.<column> (non-zero only)."""
-        return {f"data.{kind}.{split}.{col}": n for kind, counts in (("nonfinite", self.nonfinite), ("unseen", self.unseen))
+        return {f"data.{kind}.{split}.{_param_safe(col)}": n for kind, counts in (("nonfinite", self.nonfinite), ("unseen", self.unseen))
                 for split, cols in counts.items() for col, n in cols.items() if n}
+
+
+def _param_safe(column: str) -> str:
+    """A column name in MLflow's param-key charset (alphanumerics, _ - . / and space)."""
+    return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in column)
 
 
 def _nonfinite(arr: pa.ChunkedArray | pa.Array) -> int:

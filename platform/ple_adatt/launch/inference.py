@@ -22,6 +22,7 @@ from ple_adatt.config.loading import load_dataset
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import check_dataset, parquet_dataset, split_files
 from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes
+from ple_adatt.data.quality import feature_report
 from ple_adatt.train.build import build_model
 from ple_adatt.train.checkpoint import load_config_and_preprocess, load_model_weights, load_state
 from ple_adatt.train.evaluate import predict_batches
@@ -69,11 +70,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str | None = N
     cfg, state, model = load_model(checkpoint)
     spec, split = resolve_data(cfg, data, split)
     check_dataset(spec, (split,), cfg.task_names())
+    quality = feature_report(spec, state, (split,))  # unseen categories / non-finite values, counted
     tasks = cfg.task_names()
     preds = predict_batches(model, _torch_batches(spec, state, tasks, split, batch_rows), tasks, torch.device("cpu"))
     types = {t: spec.task(t).type for t in tasks}
     metrics = {**validation_loss(cfg, preds), **evaluate_predictions(types, preds)}
-    return {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, "metrics": metrics}
+    return {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, "metrics": metrics,
+            "nonfinite": quality.nonfinite[split], "unseen": quality.unseen[split], "notes": quality.lines()}
 
 
 def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
