@@ -162,7 +162,7 @@ def predict_to_parquet(checkpoint: str | Path, data: str, out_dir: str | Path, s
     finally:
         if holder is not None:
             shutil.rmtree(holder, ignore_errors=True)  # ours: created by staging_dir for this call
-    duplicates = duplicate_ids(out, "id")
+    duplicates = duplicate_ids(out, "id") if cfg.dataset.id_column else 0  # without one, ids are row numbers
     if duplicates:
         print(f"[ple-adatt] {duplicates} prediction row(s) share an id with another row (kept; see "
               f"_SOURCE.json duplicate_ids)", flush=True)
