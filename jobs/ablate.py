@@ -10,7 +10,7 @@ every other key edits the base experiment. Re-running the same command resumes t
 design (seeds, variants, levels, base) under the same name is refused: pass name=<new name>.
 The report lands in <run.storage_path>/<study>/report/ (report.md, report.html) and in MLflow.
 """
-from ple_adatt.cli import config_parser, fail
+from ple_adatt.cli import config_parser, fail, run_job
 from ple_adatt.config.loading import ConfigError
 from ple_adatt.data.files import DataError
 from ple_adatt.launch.ablate import prepare_study, run_study
@@ -30,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

@@ -8,7 +8,7 @@ overhead (affinity on parameters / expert heads / representation, grad_interval 
 """
 import json
 
-from ple_adatt.cli import config_parser, fail
+from ple_adatt.cli import config_parser, fail, run_job
 from ple_adatt.config.loading import ConfigError, load_config
 from ple_adatt.data.files import DataError
 from ple_adatt.launch.benchmark import run_benchmark
@@ -31,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

@@ -8,8 +8,9 @@
 """
 import argparse
 import json
+from pathlib import Path
 
-from ple_adatt.cli import fail
+from ple_adatt.cli import fail, run_job
 from ple_adatt.config import storage
 from ple_adatt.launch.baseline import comparison_lines, load_baseline
 from ple_adatt.launch.inference import evaluate_checkpoint, resolve_checkpoint
@@ -28,9 +29,14 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON file to write (default: <checkpoint>/eval_<split>.json)")
     a = p.parse_args()
     try:
+        if a.out and storage.local_path(a.out) is not None:  # checked before the metrics are computed
+            out_path = Path(storage.local_path(a.out))
+            if out_path.is_dir():
+                raise IsADirectoryError(f"--out {a.out} is a folder; give a JSON file path")
+            out_path.parent.mkdir(parents=True, exist_ok=True)
         ckpt = resolve_checkpoint(a.checkpoint, a.run)
         res = evaluate_checkpoint(ckpt, a.data, a.split)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         fail(e)
     if a.baseline:
         res["baseline"] = a.baseline
@@ -38,10 +44,12 @@ def main() -> None:
     else:
         for k, v in sorted(res["metrics"].items()):
             print(f"{k:<40} {v:.6f}")
+    for line in res["notes"]:  # unseen categories / non-finite values in the evaluated split
+        print(f"note: {line}")
     out = a.out or storage.join(ckpt, f"eval_{res['split']}.json")  # local or s3://...
     storage.write_text(out, json.dumps(res, indent=2, sort_keys=True))
     print(f"written: {out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

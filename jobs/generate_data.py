@@ -8,6 +8,7 @@ Trailing key.path=value arguments override the generator YAML.
 import argparse
 import sys
 
+from ple_adatt.cli import run_job
 from ple_adatt.data.synthetic import generate, load_generator_config
 
 
@@ -32,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

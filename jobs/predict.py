@@ -6,7 +6,7 @@ Columns: id, p_<task> (binary), probs_<task> + pred_<task> (multiclass), pred_<t
 """
 import argparse
 
-from ple_adatt.cli import fail
+from ple_adatt.cli import fail, run_job
 from ple_adatt.launch.inference import predict_to_parquet, resolve_checkpoint
 
 
@@ -29,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

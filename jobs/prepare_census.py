@@ -7,6 +7,7 @@ Add --with-education for the third task (bachelor's or higher; education columns
 import argparse
 import sys
 
+from ple_adatt.cli import run_job
 from ple_adatt.data.census import prepare_census
 
 
@@ -28,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

@@ -6,7 +6,7 @@ Default --tracking-uri: the local store runs/mlflow.db; default --out: the study
 """
 import argparse
 
-from ple_adatt.cli import fail
+from ple_adatt.cli import fail, run_job
 from ple_adatt.config.loading import ConfigError
 from ple_adatt.launch.ablate import prepare_study, regenerate_report
 from ple_adatt.launch.fit import storage_dir
@@ -36,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

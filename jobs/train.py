@@ -7,7 +7,7 @@ Cluster:
         -- python jobs/train.py --config configs/experiments/synthetic_ple.yaml
 Relaunching with the same run name (run.name, default: the experiment name) resumes the run.
 """
-from ple_adatt.cli import fail, parse_experiment
+from ple_adatt.cli import fail, parse_experiment, run_job
 from ple_adatt.data.files import DataError
 from ple_adatt.launch.fit import ResourceError, fit
 from ple_adatt.report.run_summary import print_summary
@@ -23,4 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

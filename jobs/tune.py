@@ -9,7 +9,7 @@ Overrides whose first key is a campaign field (budget, objective, scheduler, sam
 edit the campaign; every other key (dataset=..., train.epochs=3) edits the base experiment.
 Re-running the same command (same campaign name) resumes an interrupted campaign.
 """
-from ple_adatt.cli import config_parser, fail
+from ple_adatt.cli import config_parser, fail, run_job
 from ple_adatt.config.loading import ConfigError
 from ple_adatt.data.files import DataError
 from ple_adatt.launch.fit import ResourceError
@@ -29,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

@@ -8,11 +8,14 @@ the process exits with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from ple_adatt.config.loading import ConfigError, load_config
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import DataError
+from ple_adatt.train.metrics import check_checkpoint_metric
 
 
 def config_parser(description: str, extra: list[tuple[str, str]] = ()) -> argparse.ArgumentParser:
@@ -25,17 +28,47 @@ def config_parser(description: str, extra: list[tuple[str, str]] = ()) -> argpar
     return p
 
 
-def fail(err: Exception) -> "NoReturn":  # noqa: F821
+def fail(err: Exception | str) -> "NoReturn":  # noqa: F821
     print(f"error: {err}", file=sys.stderr)
     raise SystemExit(2)
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+"""What a user's input (a config, a path, a file) raises: printed as one `error:` message, exit 2.
+ConfigError, DataError, CheckpointError, StoreError and ResourceError are ValueErrors."""
+
+
+def run_job(main) -> None:
+    """Run a job's `main()`: a user error or a full disk exits 2 with one message, never a traceback
+    (PLE_ADATT_TRACEBACK=1 shows the traceback as well, for debugging)."""
+    from ple_adatt.tracking.store import disk_full_message
+
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as e:  # noqa: BLE001 - classified below; anything else is re-raised as it is
+        if os.environ.get("PLE_ADATT_TRACEBACK") == "1":
+            traceback.print_exc()
+        if isinstance(e, ValueError):  # our own messages (StoreError names the full disk's path)
+            fail(e)
+        msg = disk_full_message(e)
+        if msg:
+            fail(msg)
+        if isinstance(e, USER_ERRORS):
+            fail(e)
+        raise
 
 
 def parse_experiment(description: str, argv: list[str] | None = None,
                      extra: list[tuple[str, str]] = ()) -> tuple[ExperimentConfig, argparse.Namespace]:
     args = config_parser(description, extra).parse_args(argv)
     try:
-        return load_config(args.config, args.overrides), args
-    except (ConfigError, DataError) as e:
+        cfg = load_config(args.config, args.overrides)
+        check_checkpoint_metric(cfg)
+        return cfg, args
+    except (ConfigError, DataError, ValueError) as e:
         fail(e)
 
 
@@ -55,13 +88,18 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_data:
             from ple_adatt.data.files import check_dataset
 
+            from ple_adatt.data.quality import LIST_CHECK_ROWS, check_list_lengths
+
             splits = ("train", "val", "test") if cfg.dataset.splits.test is not None else ("train", "val")
             rows = check_dataset(cfg.dataset, splits, cfg.task_names())
-            print(f"dataset '{cfg.dataset.name}': {rows}")
+            check_list_lengths(cfg.dataset, splits)
+            print(f"dataset '{cfg.dataset.name}': {rows} (list lengths checked on the first "
+                  f"{LIST_CHECK_ROWS} rows of each file)")
+        check_checkpoint_metric(cfg)
     except (ConfigError, DataError, ValueError) as e:
         fail(e)
     print(f"ok: {args.config} ({cfg.name}, {len(cfg.task_names())} tasks, model {cfg.model.arch})")
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

@@ -70,3 +70,26 @@ def test_rsync_excludes_keep_every_file_of_the_package():
     assert dropped == [], f"cluster.yaml rsync_exclude drops package files: {dropped[:10]}"
     for local_only in ("data/synthetic/train/part-0.parquet", ".venv/bin/python", "runs/mlflow.db"):
         assert rsync_excluded(local_only, patterns), local_only
+
+
+def test_servers_listen_on_the_heads_loopback_unless_opted_in():
+    """The MLflow server (no auth) and the dashboard bind 127.0.0.1; the opt-in is documented where
+    it is made, and nothing binds 0.0.0.0."""
+    raw = _raw()
+    commands = raw["head_setup_commands"] + raw["head_start_ray_commands"] + raw["worker_start_ray_commands"]
+    mlflow = next(c for c in raw["head_setup_commands"] if "mlflow server" in c)
+    assert "--host 127.0.0.1" in mlflow
+    assert any("--dashboard-host=127.0.0.1" in c for c in raw["head_start_ray_commands"])
+    assert not any("0.0.0.0" in c for c in commands)
+    text = (ROOT / "cluster.yaml").read_text()
+    assert "OPT-IN for multi-node tracking" in text and "ray attach cluster.yaml -p 5000" in text
+
+
+def test_a_loopback_tracking_uri_is_refused_on_a_multi_machine_cluster():
+    from ple_adatt.tracking.store import loopback_tracking_problem
+
+    assert loopback_tracking_problem("http://127.0.0.1:5000", {"10.0.0.5", "10.0.0.9"}, "10.0.0.5").startswith(
+        "tracking.uri=http://127.0.0.1:5000 is this machine's loopback, but the Ray cluster has nodes at ['10.0.0.9']")
+    assert loopback_tracking_problem("http://127.0.0.1:5000", {"10.0.0.5"}, "10.0.0.5") is None  # one machine
+    assert loopback_tracking_problem("http://10.0.0.5:5000", {"10.0.0.5", "10.0.0.9"}, "10.0.0.5") is None  # opted in
+    assert loopback_tracking_problem("sqlite:////tmp/x.db", {"10.0.0.9"}, "10.0.0.5") is None

@@ -15,9 +15,10 @@ TaskType = Literal["binary", "multiclass", "regression", "contrastive"]
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are immutable."""
+    """Base of every config section: unknown keys are errors, values are immutable, and every float
+    field (in any section, dict values included) must be finite: inf/nan are refused naming the key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class NumericGroup(Section):
@@ -117,6 +118,10 @@ class DatasetSpec(Section):
     """Optional HMM mode -> fixed-size-list column [16]; a null row means 'missing'."""
     tasks: list[DatasetTask] = Field(min_length=1)
     """The tasks (labels) the dataset provides."""
+    nonfinite: Literal["impute", "error"] = "impute"
+    """Feature values that are NaN, +-inf or beyond float32 range: `impute` packs them as 0 (counted
+    per column and split in the log and as MLflow params data.nonfinite.<split>.<column>); `error`
+    refuses the data before Ray starts, naming column, split and count."""
 
     @model_validator(mode="after")
     def _consistent(self):

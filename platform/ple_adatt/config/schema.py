@@ -12,6 +12,8 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from ple_adatt.config.dataset import DatasetSpec, ExpertName, Section
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+"""Names that become folders and MLflow search values: no path separators, quotes or leading dot."""
 LossName = Literal["focal", "bce", "ce", "huber", "mse", "infonce"]
 # Which losses make sense for which task type (the first is the default).
 LOSSES_BY_TYPE: dict[str, tuple[str, ...]] = {
@@ -495,7 +497,9 @@ class ScalingSection(Section):
 
 class RunSection(Section):
     name: str | None = None
-    """Deterministic run name; relaunching with the same name resumes the run. Default: experiment name."""
+    """Deterministic run name; relaunching with the same name resumes the run. Default: experiment name.
+    Letters, digits and `._-`, not starting with a dot: it names a folder under run.storage_path and
+    is searched for in MLflow."""
     storage_path: str = "runs"
     """Checkpoints, resume and Tune state, reports (and the local MLflow store): a local path (relative to
     the current directory; an error inside a Ray job) or a URI pyarrow opens (s3://, gs://, abfs://,
@@ -506,6 +510,17 @@ class RunSection(Section):
     """Failures of the Train controller itself before the run is abandoned."""
     checkpoints_to_keep: int = Field(2, ge=1)
     """Checkpoints kept on disk, the best by train.checkpoint_metric."""
+    min_free_mb: float = Field(200.0, ge=0.0)
+    """Free space (MB) the disk holding a local run.storage_path must have when a run starts; less
+    is an error before Ray starts (0 disables the check; remote storage is not checked)."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        if v is not None and not SAFE_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a safe run name: use letters, digits and . _ - only, not starting "
+                             f"with a dot (it becomes a folder under run.storage_path and an MLflow search value)")
+        return v
 
 
 class TrackingSection(Section):

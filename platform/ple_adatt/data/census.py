@@ -14,8 +14,9 @@ reaches income AUC 0.956 on the validation half against 0.948 without (docs/data
 
 from __future__ import annotations
 
-import os
 import shutil
+import tempfile
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +63,10 @@ def read_raw(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: expected {len(COLUMNS)} comma-separated columns in every row: {e}") from None
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: file is empty, expected raw census-income rows") from None
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:  # not gzip, truncated gzip, binary
+        kind = "a gzip CSV" if path.suffix == ".gz" else "a CSV"
+        raise ValueError(f"{path}: cannot be read as {kind} ({type(e).__name__}: {e}); expected the raw UCI "
+                         f"census-income file (gzip or plain text)") from None
     short = raw.isna().any(axis=1)
     if raw.shape[1] == len(COLUMNS) and short.any():
         raise ValueError(f"{path}: row {int(short.idxmax())} has fewer than {len(COLUMNS)} columns")
@@ -145,13 +150,14 @@ def prepare_census(train_path: str | Path, val_path: str | Path, test_path: str 
     renamed into place, so a failed run never leaves a complete-looking out_dir.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"out folder {out_dir} is an existing file, not a folder; choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
     paths = {"train": train_path, "val": val_path} | ({"test": test_path} if test_path is not None else {})
     frames = {split: to_tasks(read_raw(p), with_education) for split, p in paths.items()}
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))  # new: never a user's folder
     try:
         for split, df in frames.items():
             pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp / f"{split}.parquet",
@@ -160,9 +166,9 @@ def prepare_census(train_path: str | Path, val_path: str | Path, test_path: str 
                 "# Train:  python jobs/train.py --config configs/experiments/census_ple.yaml dataset=<this file>\n")
         spec = dataset_spec(with_education, "test" in frames)
         (tmp / "dataset.yaml").write_text(head + yaml.dump(spec, Dumper=_FlowLists, sort_keys=False, width=120))
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))  # new and ours
         if out_dir.exists():
-            out_dir.rename(old)
+            out_dir.rename(old / "previous")
         tmp.rename(out_dir)
         shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -22,6 +22,7 @@ from ple_adatt.data.files import parquet_dataset, split_files
 from ple_adatt.data.targets import fit_label_stats, standardise_label
 
 EPS = 1e-6
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -106,7 +107,7 @@ def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> Preprocess
             else:
                 v, present = list_to_numpy(batch.column(g.column), g.shape)
                 x = v[present].reshape(-1, g.shape[-1]).astype(np.float64)
-            ok = np.isfinite(x)
+            ok = np.isfinite(x) & (np.abs(x) <= F32_MAX)  # beyond float32 the packer sees inf and packs 0
             x = np.where(ok, x, 0.0)
             sums[name] = sums.get(name, 0) + x.sum(0)
             sqs[name] = sqs.get(name, 0) + (x * x).sum(0)

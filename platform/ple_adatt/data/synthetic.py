@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import shutil
+import tempfile
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -380,6 +380,8 @@ def generate(config: GeneratorConfig | dict | str | Path, rows: int, out_dir: st
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"out folder {out_dir} is an existing file, not a folder; choose another --out")
     fp = _fingerprint(cfg, rows, seed)
     if out_dir.exists() and any(out_dir.iterdir()):
         marker = out_dir / "generator.json"
@@ -425,9 +427,8 @@ def _tables(gen: _Generator, n_blocks: int, workers: int):
 def _write(cfg: GeneratorConfig, seed: int, sizes: dict[str, int], rows: int, out_dir: Path, chunk_rows: int,
            fp: str, workers: int) -> Path:
     gen = _Generator(cfg, seed, sizes["train"])
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))  # new: never a user's folder
     writers: dict[str, _ShardWriter] = {}
     try:
         bounds, start = {}, 0
@@ -461,9 +462,9 @@ def _validate(raw: dict) -> GeneratorConfig:
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:
     """Replace out_dir by tmp; the old content is moved aside first and removed last."""
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))  # new and ours
     if out_dir.exists():
-        out_dir.rename(old)
+        out_dir.rename(old / "previous")
     tmp.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
 

@@ -21,12 +21,16 @@ from ple_adatt.config import storage as st
 from ple_adatt.config.loading import config_to_yaml, flatten
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import check_dataset
-from ple_adatt.data.reading import read_split
 from ple_adatt.data.preprocess import Packer, PreprocessState, fit_preprocessing
+from ple_adatt.data.quality import check_list_lengths, feature_report
+from ple_adatt.data.reading import read_split
 from ple_adatt.data.targets import rare_task_advice
 from ple_adatt.tracking import mlflow_tracking as mt
+from ple_adatt.tracking.store import check_free_space, loopback_tracking_problem
 from ple_adatt.train.build import check_model_builds
+from ple_adatt.train.checkpoint import check_resumable
 from ple_adatt.train.loop import train_loop_per_worker
+from ple_adatt.train.metrics import check_checkpoint_metric
 from ple_adatt.train.monitor import flagged_from_metrics
 
 
@@ -141,22 +145,32 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
     # Where results go is checked first: a relative path inside a Ray job, or remote storage
     # without a tracking server, fails before any data is read.
     storage = storage_dir(cfg)
+    check_free_space(storage, cfg.run.min_free_mb)  # a full disk: one clear error, before anything is written
     uri = mt.resolve_tracking_uri(cfg.tracking.uri, storage) if cfg.tracking.enabled else None
+    check_checkpoint_metric(cfg)
     rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())  # before any worker starts
+    check_list_lengths(cfg.dataset, ("train", "val"))
     state = fit_preprocessing(cfg.dataset)
-    check_model_builds(cfg, state)  # a config the workers could not build fails here, before Ray
+    model = check_model_builds(cfg, state)  # a config the workers could not build fails here, before Ray
+    quality = feature_report(cfg.dataset, state, ("train", "val"))  # raises under dataset.nonfinite=error
+    for line in quality.lines() if verbose else []:
+        print(f"[ple-adatt] {line}", flush=True)
     if verbose:
         for line in rare_task_advice(state.targets, {t: cfg.task_loss(t) for t in cfg.task_names()},
                                      {t: cfg.task_settings(t).pos_weight for t in cfg.task_names()}):
             print(f"[ple-adatt] {line}", flush=True)
+    name = run_name or cfg.run_name()
+    check_resumable(st.join(storage, name), cfg, model)  # a relaunch onto another model's checkpoints
     ensure_ray(local_cpus_needed(cfg))
     check_resources(cfg)
-    name = run_name or cfg.run_name()
+    if problem := loopback_tracking_problem(uri, {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]},
+                                            ray.util.get_node_ip_address()):
+        raise ResourceError(problem)
 
     run_id = None
     if cfg.tracking.enabled:
         run_id, resumed = mt.start_run(uri, cfg.tracking.experiment or cfg.name, name,
-                                       flatten(cfg.model_dump(mode="json", exclude={"dataset"})),
+                                       {**flatten(cfg.model_dump(mode="json", exclude={"dataset"})), **quality.params()},
                                        parent_run_id=parent_run_id, tags={"dataset": cfg.dataset.name})
         if verbose:
             print(f"[ple-adatt] MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {uri}", flush=True)

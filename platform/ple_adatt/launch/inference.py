@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from ple_adatt.config import storage
@@ -21,11 +23,12 @@ from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import check_dataset, parquet_dataset, split_files
 from ple_adatt.data.reading import read_split
 from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes
+from ple_adatt.data.quality import feature_report
 from ple_adatt.data.targets import original_units, to_original_units
 from ple_adatt.model.sidecars import sidecars_of
 from ple_adatt.train.build import build_model
 from ple_adatt.train.calibration import calibration_metrics
-from ple_adatt.train.checkpoint import load_config_and_preprocess, load_state
+from ple_adatt.train.checkpoint import load_config_and_preprocess, load_model_weights, load_state
 from ple_adatt.train.evaluate import predict_batches
 from ple_adatt.train.metrics import evaluate_predictions, sigmoid, softmax
 from ple_adatt.train.monitor import collapse_flags, prediction_spreads
@@ -60,7 +63,7 @@ def resolve_checkpoint(checkpoint: str, run: str | None = None) -> str:
 def load_model(checkpoint: str | Path) -> tuple[ExperimentConfig, PreprocessState, torch.nn.Module]:
     cfg, state = load_config_and_preprocess(checkpoint)
     model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
-    model.load_state_dict(load_state(checkpoint)["model"])
+    load_model_weights(model, load_state(checkpoint)["model"], str(checkpoint))
     return cfg, state.__class__.from_dict(state.to_dict()), model.eval()
 
 
@@ -95,6 +98,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str | None = N
     cfg, state, model = load_model(checkpoint)
     spec, split = resolve_data(cfg, data, split)
     check_dataset(spec, (split,), cfg.task_names())
+    quality = feature_report(spec, state, (split,))  # unseen categories / non-finite values, counted
     tasks = cfg.task_names()
     side = sidecars_of(model)
     if side is not None:  # count SAE latent firing over the split (sparsity, dead features)
@@ -107,7 +111,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str | None = N
                **calibration_metrics(types, preds, cfg.model.evidential.interval),
                **(side.sae_stats() if side is not None else {})}
     metrics.update(collapse_flags(types, metrics, prefix=""))
-    return {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, "metrics": metrics}
+    return {"checkpoint": str(checkpoint), "dataset": spec.name, "split": split, "metrics": metrics,
+            "nonfinite": quality.nonfinite[split], "unseen": quality.unseen[split], "notes": quality.lines()}
 
 
 def prediction_columns(cfg: ExperimentConfig, out: dict[str, torch.Tensor], targets: dict[str, dict] | None = None,
@@ -150,6 +155,25 @@ class BatchPredictor:
         return pa.table(cols)
 
 
+def staging_dir(out: str) -> str:
+    """A new, uniquely named hidden folder beside `out` (created here, so it can be nobody else's)."""
+    parent = Path(out).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(dir=parent, prefix=f".{Path(out).name}.partial-")
+
+
+def duplicate_ids(folder: str, column: str = "id") -> int:
+    """Rows of a prediction folder whose id occurs more than once (ids are kept as given; a
+    repeated id usually means the input repeats rows). Reads only the id column."""
+    files = storage.list_files(folder, ".parquet")
+    if not files:
+        return 0
+    ids = parquet_dataset(files).to_table(columns=[column]).column(0)
+    counts = pc.value_counts(ids)
+    c = counts.field("counts").to_numpy(zero_copy_only=False)
+    return int(c[c > 1].sum())
+
+
 def predict_to_parquet(checkpoint: str | Path, data: str, out_dir: str | Path, split: str | None = None,
                        actors: int = 1, batch_rows: int = 4096, overwrite: bool = False) -> Path | str:
     from ple_adatt.launch.fit import ensure_ray, quiet_data_progress
@@ -163,17 +187,27 @@ def predict_to_parquet(checkpoint: str | Path, data: str, out_dir: str | Path, s
     cols = list(dict.fromkeys(spec.input_columns() + ([spec.id_column] if spec.id_column else [])))
     ensure_ray()
     quiet_data_progress()
-    # Locally a sibling folder renamed into place, so readers never see a half-written folder;
-    # object stores have no folder rename, so there the files are written in place.
-    tmp = out if remote else out + ".tmp"
-    storage.delete_dir(tmp)
-    (read_split(spec, split, cols)
-     .map_batches(BatchPredictor, fn_constructor_args=(str(checkpoint),), concurrency=actors,
-                  batch_format="pyarrow", batch_size=batch_rows)
-     .write_parquet(tmp))
-    if not remote:
-        shutil.rmtree(out, ignore_errors=True)
-        Path(tmp).rename(out)
+    # Locally a new hidden folder next to `out` (unique: never a folder of the user's) renamed into
+    # place, so readers never see a half-written folder; object stores have no folder rename, so
+    # there the files are written in place.
+    holder = None if remote else staging_dir(out)
+    tmp = out if remote else str(Path(holder) / "data")
+    try:
+        (read_split(spec, split, cols)
+         .map_batches(BatchPredictor, fn_constructor_args=(str(checkpoint),), concurrency=actors,
+                      batch_format="pyarrow", batch_size=batch_rows)
+         .write_parquet(tmp))
+        if not remote:
+            shutil.rmtree(out, ignore_errors=True)  # the output folder itself (empty, or --overwrite)
+            Path(tmp).rename(out)
+    finally:
+        if holder is not None:
+            shutil.rmtree(holder, ignore_errors=True)  # ours: created by staging_dir for this call
+    duplicates = duplicate_ids(out, "id") if cfg.dataset.id_column else 0  # without one, ids are row numbers
+    if duplicates:
+        print(f"[ple-adatt] {duplicates} prediction row(s) share an id with another row (kept; see "
+              f"_SOURCE.json duplicate_ids)", flush=True)
     storage.write_text(storage.join(out, "_SOURCE.json"),
-                       json.dumps({"checkpoint": str(checkpoint), "dataset": spec.name, "split": split}))
+                       json.dumps({"checkpoint": str(checkpoint), "dataset": spec.name, "split": split,
+                                   "duplicate_ids": duplicates}))
     return Path(out) if not remote else out

@@ -14,6 +14,7 @@ from typing import Any
 
 from ple_adatt.config import storage
 from ple_adatt.tracking.queries import RUN_NAME_TAG, run_by_name
+from ple_adatt.tracking.store import prepared
 
 MAX_PARAM_LEN = 6000
 
@@ -23,7 +24,7 @@ def resolve_tracking_uri(uri: str | None, storage_path: str) -> str:
     relative). Remote storage (s3://...) cannot hold a sqlite database: a tracking server is required."""
     if uri:
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+            return prepared("sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve()))
         return uri
     local = storage.local_path(storage_path)
     if local is None:
@@ -33,7 +34,7 @@ def resolve_tracking_uri(uri: str | None, storage_path: str) -> str:
                          f"tracking.enabled=false")
     path = Path(local) / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return prepared(f"sqlite:///{path}")  # created atomically, or refused when half-built (tracking/store.py)
 
 
 def _client(uri: str):

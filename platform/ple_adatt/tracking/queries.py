@@ -15,6 +15,18 @@ TASK_TYPES_TAG = "ple_adatt.task_types"
 """Tag of every sweep trial run: json {task: task type} (set by launch/trial.py, read by report/results.py)."""
 
 
+def quoted(value: str) -> str:
+    """`value` as an MLflow filter-string literal. MLflow has no escape inside quotes, so a value
+    holding both quote kinds cannot be searched for and is refused (run names are validated to
+    hold neither: config/schema.SAFE_NAME)."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both quote characters and cannot be searched for in MLflow")
+
+
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -23,7 +35,7 @@ def client(uri: str):
 
 def run_by_name(uri: str, experiment_id: str, run_name: str):
     """The run tagged with this run name in the experiment, or None."""
-    found = client(uri).search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+    found = client(uri).search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = {quoted(run_name)}",
                                     max_results=1)
     return found[0] if found else None
 
@@ -37,7 +49,7 @@ def finished_child_runs(uri: str, parent_run_id: str) -> list:
     """The FINISHED child runs of a parent run (a study's runs), as mlflow Run entities."""
     return list(client(uri).search_runs(
         [experiment_of(uri, parent_run_id)],
-        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'", max_results=10000))
+        f"tags.`mlflow.parentRunId` = {quoted(parent_run_id)} and attributes.status = 'FINISHED'", max_results=10000))
 
 
 def latest_run_with_tags(uri: str, tags: dict[str, str]):
@@ -46,7 +58,7 @@ def latest_run_with_tags(uri: str, tags: dict[str, str]):
     exps = [e.experiment_id for e in c.search_experiments()]
     if not exps:
         return None
-    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    where = " and ".join(f"tags.`{k}` = {quoted(v)}" for k, v in tags.items())
     runs = c.search_runs(exps, where, order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 

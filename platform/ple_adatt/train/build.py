@@ -40,12 +40,12 @@ def build_model(cfg: ExperimentConfig, inputs: dict[str, dict], cluster_k: int |
     return model
 
 
-def check_model_builds(cfg: ExperimentConfig, state=None) -> None:
+def check_model_builds(cfg: ExperimentConfig, state=None) -> nn.Module:
     """Build the model once on the CPU, without data (the meta device cannot run the gates'
     data-dependent buffers; a model is MBs), so configs that would fail in the workers (e.g. ple_hetero with no expert receiving a feature group) fail in the driver or in
     `ple-adatt validate`. Without a fitted ``state`` every categorical column gets a 2-slot vocabulary
     and cluster_probs 4 clusters: shapes that matter for routing, not for widths.
-    Raises ValueError naming the arch and the builder's message."""
+    Returns the model; raises ValueError naming the arch and the builder's message."""
     from ple_adatt.data.preprocess import PreprocessState, input_shapes
 
     spec = cfg.dataset
@@ -53,7 +53,7 @@ def check_model_builds(cfg: ExperimentConfig, state=None) -> None:
         state = PreprocessState(vocab={n: [["x"]] * len(g.columns) for n, g in spec.groups.items()
                                        if g.kind == "categorical"}, cluster_k=4 if spec.cluster_probs else None)
     try:
-        build_model(cfg, input_shapes(spec, state), state.cluster_k)
+        return build_model(cfg, input_shapes(spec, state), state.cluster_k)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"model.arch={cfg.model.arch} cannot be built for dataset '{spec.name}': {e}") from e
 

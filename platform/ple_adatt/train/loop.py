@@ -22,8 +22,8 @@ from ple_adatt.data.preprocess import PreprocessState, input_shapes
 from ple_adatt.data.targets import to_original_units
 from ple_adatt.tracking.mlflow_tracking import make_logger
 from ple_adatt.train.build import build_adatt, build_model, build_weighting, set_schedule_position
-from ple_adatt.train.checkpoint import load_state, save_checkpoint
 from ple_adatt.train.calibration import calibration_metrics
+from ple_adatt.train.checkpoint import load_model_weights, load_state, save_checkpoint
 from ple_adatt.train.diagnostics import log_adatt_diagnostics, log_gate_diagnostics, log_sae_dictionary
 from ple_adatt.train.evaluate import predict_distributed
 from ple_adatt.train.metrics import evaluate_predictions
@@ -43,7 +43,7 @@ def restore_checkpoint(trainer: Trainer, saved: dict, steps: int) -> tuple[int, 
     to run, history). In phase 2 the phase-2 optimizer is rebuilt (train/trainable.phase_optimizer)
     before its saved state is loaded; the trainable set is re-applied by the epoch loop from the
     same checkpointed state (training phase, adaTT phase), so it is exactly the saved run's."""
-    trainer.raw_model.load_state_dict(saved["model"])
+    load_model_weights(trainer.raw_model, saved["model"], "being resumed")
     trainer.weighting.load_state_dict(saved["extra"]["weighting"])
     if trainer.adatt is not None:
         trainer.adatt.load_state_dict(saved["extra"]["adatt"])

@@ -141,3 +141,33 @@ def evaluate_predictions(task_types: dict[str, str], preds: dict[str, dict[str, 
         for k, vals in metrics.items():
             out[f"avg/{ttype}/{k}"] = float(np.mean(vals))
     return out
+
+
+def reported_metric_names(cfg) -> list[str]:
+    """Every metric name the training loop reports per epoch that can rank checkpoints (validation
+    metrics and the training losses), for this config's tasks: what `train.checkpoint_metric`
+    may name. Mirrors train/loop.py [4] (`val/` + validation_loss + evaluate_predictions)."""
+    names = ["val/loss", "train/loss"]
+    per_type: dict[str, list[str]] = {}
+    for t in cfg.task_names():
+        task = cfg.dataset.task(t)
+        metrics = list(METRICS_BY_TYPE[task.type])
+        names += [f"val/{t}/loss", f"train/{t}/loss", f"val/{t}/n"] + [f"val/{t}/{m}" for m in metrics]
+        if task.oracle:
+            names += [f"val/{t}/oracle_{m}" for m in metrics] + [f"val/{t}/oracle_gap_{m}" for m in metrics]
+        per_type.setdefault(task.type, metrics)
+    names += [f"val/avg/{ty}/{m}" for ty, ms in per_type.items() for m in ms]
+    return names
+
+
+def check_checkpoint_metric(cfg) -> None:
+    """ValueError naming `train.checkpoint_metric` and its close matches when the run will never
+    report it (Ray would fail after the first epoch with `Invalid metric name`)."""
+    import difflib
+
+    names = reported_metric_names(cfg)
+    want = cfg.train.checkpoint_metric
+    if want not in names:
+        close = difflib.get_close_matches(want, names, n=5, cutoff=0.6)
+        raise ValueError(f"train.checkpoint_metric={want!r} is not a metric this config reports; "
+                         f"{'close matches: ' + ', '.join(close) if close else 'e.g. ' + ', '.join(names[:6])}")
