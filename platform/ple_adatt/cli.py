@@ -15,9 +15,25 @@ from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import DataError
 
 
+class _Verbose(argparse.Action):
+    """--verbose: keep Ray's and MLflow's INFO lines (train/reporting.quiet_logs turns them off)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import os
+
+        from ple_adatt.train.reporting import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+        setattr(namespace, self.dest, True)
+
+
 def config_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=True, help="experiment YAML (may use `base:` and `dataset:` refs)")
+    p.add_argument("--verbose", action=_Verbose, help="keep Ray's and MLflow's own INFO lines on the console")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.arch=mmoe")
     return p
 

@@ -1,6 +1,8 @@
 """End-to-end Ray Train runs on the shared local Ray session (few, tiny, but real)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import runpy
 import sys
@@ -13,6 +15,7 @@ from ple_adatt.train.checkpoint import load_state
 
 pytestmark = pytest.mark.integration
 SMOKE = "configs/smoke/tiny.yaml"
+JOB_CONSOLE: list[str] = []  # what jobs/train.py printed in the `uninterrupted` fixture
 
 
 def _val(metrics: dict) -> dict:
@@ -34,10 +37,14 @@ def uninterrupted(ray_session, tiny_dataset, tmp_path_factory):
             f"run.storage_path={storage}", "run.name=a"]
     old = sys.argv
     sys.argv = argv
+    out = io.StringIO()  # the job's console, worker lines included (Ray's log monitor writes to sys.stdout)
     try:
-        runpy.run_path("jobs/train.py", run_name="__main__")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            runpy.run_path("jobs/train.py", run_name="__main__")
     finally:
         sys.argv = old
+        JOB_CONSOLE.append(out.getvalue())
+        print(out.getvalue())
     cfg = load_config(SMOKE, argv[3:])
     return fit(cfg, verbose=False)  # relaunch with the same name: resumes the finished run, trains nothing
 
@@ -49,6 +56,18 @@ def test_job_runs_and_relaunch_resumes_finished_run(uninterrupted, capsys):
     assert [h["epoch"] for h in state["history"]] == [0, 1, 2]
     assert "val/click/auc" in res.metrics and "val/avg/binary/auc" in res.metrics
     assert res.best_checkpoint_path is not None and res.mlflow_run_id
+    # Issue 19: one line per epoch, nothing twice, no Ray internals, <= 40 lines (tests/console_check.py).
+    from console_check import console_problems
+
+    console = JOB_CONSOLE[0]
+    print(f"job console: {len([ln for ln in console.splitlines() if ln.strip()])} non-blank lines")
+    assert console_problems(console) == [], console
+    assert sum("[ple-adatt] epoch " in ln and "/3 |" in ln for ln in console.splitlines()) <= 3
+    # The job logged the best checkpoint as an MLflow model (its reload is tests/unit/test_model_export.py).
+    from mlflow.tracking import MlflowClient
+
+    assert "model:" in console and MlflowClient(res.tracking_uri).search_logged_models(
+        experiment_ids=[MlflowClient(res.tracking_uri).get_run(res.mlflow_run_id).info.experiment_id])
 
 
 def test_worker_failure_resumes_from_checkpoint_and_matches(uninterrupted, tiny_dataset, tmp_path):
