@@ -17,7 +17,7 @@ EPOCH = {"epoch": 2, "phase": 1, "world_size": 1, "lr": 1e-3, "train/loss": 1.0,
 
 
 def test_report_is_compact_and_mlflow_gets_no_step_phase_or_gate_table():
-    assert set(for_report(EPOCH)) == {"epoch", "lr", "train/loss", "val/loss", "val/click/auc", "val/avg/binary/auc",
+    assert set(for_report(EPOCH)) == {"epoch", "lr", "world_size", "train/loss", "val/loss", "val/click/auc", "val/avg/binary/auc",
                                       "weight/click"}
     logged = for_mlflow(EPOCH)
     assert not {"epoch", "phase", "adatt/phase", "gate/shared/click/mlp", "gate/shared/click/entropy_ratio"} & set(logged)

@@ -9,8 +9,8 @@
 The worker's full per-epoch dict (~400 keys with 16 tasks, 130 of them gate weights) stays in the
 checkpoint history. Ray logs every reported dict and Tune keeps it per result row, so only the
 keys something reads go to `ray.train.report`: the epoch, the train loss (a possible checkpoint
-metric), every validation metric (objectives, checkpoint metrics, the end-of-run summary) and the
-loss weights. MLflow gets everything except the step (`epoch`), the training phase (a tag) and
+metric), lr, the world size (elastic runs), every validation metric (objectives, checkpoint metrics,
+the end-of-run summary) and the loss weights. MLflow gets everything except the step (`epoch`), the training phase (a tag) and
 the per-expert gate weights (a table artifact with a few summary metrics: train/diagnostics.py).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Callable
 PROGRESS_EVERY_S = 30.0
 """Seconds between two in-epoch progress lines (long epochs only: a short epoch prints none)."""
 
-REPORT_KEYS = ("epoch", "train/loss", "lr")
+REPORT_KEYS = ("epoch", "train/loss", "lr", "world_size")
 REPORT_PREFIXES = ("val/", "weight/")
 NOT_METRICS = ("epoch", "phase", "adatt/phase")
 """Per-epoch values that are MLflow's step or a tag (`ple_adatt.phase`), never a metric."""
