@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 
-PROGRESS_EVERY_S = 30.0
+PROGRESS_EVERY_S = 60.0
 """Seconds between two in-epoch progress lines (long epochs only: a short epoch prints none)."""
 
 REPORT_KEYS = ("epoch", "train/loss", "lr", "world_size")
