@@ -160,7 +160,9 @@ def test_campaign_asha_interrupt_resume_best_config(ray_session, tiny_dataset, t
         row = df.loc[df["trial_id"] == r.data.tags["ple_adatt.trial_id"]].iloc[0]
         assert r.info.status == {"completed": "FINISHED", "early_stopped": "KILLED"}[row["status"]], row
         steps = sorted({m.step for m in client.get_metric_history(r.info.run_id, "val/loss")})
-        assert steps == list(range(int(row["epochs"]))), (row["trial_id"], steps, row["epochs"])
+        n = int(row["epochs"])
+        # a stopped trial's worker may log one more epoch while Tune kills it; never fewer than reported
+        assert steps[:n] == list(range(n)) and len(steps) <= n + (row["status"] == "early_stopped"), (row, steps)
         assert row["status"] == ("completed" if row["epochs"] >= 3 else "early_stopped")
         assert "final_metrics.json" in {a.path for a in client.list_artifacts(r.info.run_id)}
         assert "epoch" not in r.data.metrics and "phase" not in r.data.metrics
