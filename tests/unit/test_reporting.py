@@ -66,3 +66,29 @@ def test_console_check_flags_duplicates_ray_internals_and_length():
     assert console_problems(twice) == ["printed twice: [ple-adatt] epoch 2/2 | b"]
     assert console_problems("(SplitCoordinator pid=2) Progress bars disabled. To enable ...")
     assert console_problems("\n".join(f"line {i}" for i in range(41))) == ["41 lines > 40"]
+
+
+def test_run_closer_ends_each_trial_run_with_its_outcome(tmp_path):
+    """The Tune callback on a real sqlite store: ASHA-stopped -> KILLED with final metrics, errored ->
+    FAILED, a run fit() already finished keeps its status."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from ple_adatt.launch.run_closer import RunCloser
+    from ple_adatt.launch.trial import trial_run_name
+    from ple_adatt.tracking import mlflow_tracking as mt
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = {t: mt.start_run(uri, "camp", trial_run_name("camp", t), {})[0] for t in ("a", "b", "c")}
+    MlflowClient(uri).set_terminated(ids["c"], "FINISHED")
+    closer = RunCloser(uri, "camp", "camp", max_t=3)
+    closer.on_trial_complete(1, [], SimpleNamespace(trial_id="a", last_result={"epoch": 0, "val/loss": 0.5}))
+    closer.on_trial_error(1, [], SimpleNamespace(trial_id="b", last_result={"epoch": 1}))
+    closer.on_trial_complete(1, [], SimpleNamespace(trial_id="c", last_result={"epoch": 2}))
+    client = MlflowClient(uri)
+    runs = {t: client.get_run(i) for t, i in ids.items()}
+    assert {t: r.info.status for t, r in runs.items()} == {"a": "KILLED", "b": "FAILED", "c": "FINISHED"}
+    assert {t: r.data.tags["tune.status"] for t, r in runs.items()} == {"a": "early_stopped", "b": "error",
+                                                                        "c": "completed"}
+    assert "final_metrics.json" in {a.path for a in client.list_artifacts(ids["a"])}
