@@ -71,7 +71,9 @@ def log_checkpoint_model(uri: str, run_id: str, checkpoint: str | Path) -> str:
 
     from ple_adatt.config import storage
 
-    with storage.local_copy(str(checkpoint)) as local:
+    with storage.local_copy(str(checkpoint)) as local, warnings.catch_warnings():
+        # MLflow's advice (integer columns, input examples, type hints) is not for the console here
+        warnings.simplefilter("ignore", UserWarning)
         example = _sample_frame(local)
         wrapper = CheckpointModel()
         wrapper.load_context(type("Ctx", (), {"artifacts": {"checkpoint": local}})())
