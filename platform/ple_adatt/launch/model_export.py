@@ -14,31 +14,30 @@ inferred from a few rows of the validation split and their predictions.
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
 
 MODEL_NAME = "model"
 """Artifact folder of the logged model in the run (`runs:/<run id>/model`)."""
 SIGNATURE_ROWS = 16
 
 
-with warnings.catch_warnings():  # MLflow suggests type hints; the logged signature does that job here
-    warnings.simplefilter("ignore", UserWarning)
+class CheckpointModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: raw dataset rows (pandas) -> prediction columns (pandas)."""
 
-    class CheckpointModel(mlflow.pyfunc.PythonModel):
-        """pyfunc wrapper: raw dataset rows (pandas) -> prediction columns (pandas)."""
+    def load_context(self, context):
+        from ple_adatt.launch.inference import BatchPredictor
 
-        def load_context(self, context):
-            from ple_adatt.launch.inference import BatchPredictor
+        self.predictor = BatchPredictor(context.artifacts["checkpoint"])
 
-            self.predictor = BatchPredictor(context.artifacts["checkpoint"])
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        import pyarrow as pa
 
-        def predict(self, context, model_input, params=None):
-            import pyarrow as pa
-
-            return self.predictor(pa.Table.from_pandas(model_input, preserve_index=False)).to_pandas()
+        return self.predictor(pa.Table.from_pandas(model_input, preserve_index=False)).to_pandas()
 
 
 def _sample_frame(checkpoint: str | Path):
@@ -80,6 +79,11 @@ def log_checkpoint_model(uri: str, run_id: str, checkpoint: str | Path) -> str:
         signature = infer_signature(example, wrapper.predict(None, example))
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(uri)
+        # "a Python object as python_model is serialized with CloudPickle": ours is this module's class,
+        # pickled by reference and importable wherever ple_adatt is installed
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        pyfunc_log.setLevel(logging.ERROR)
         try:
             with mlflow.start_run(run_id=run_id):
                 mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=CheckpointModel(),
@@ -87,4 +91,5 @@ def log_checkpoint_model(uri: str, run_id: str, checkpoint: str | Path) -> str:
                                         pip_requirements=_requirements())
         finally:
             mlflow.set_tracking_uri(previous)
+            pyfunc_log.setLevel(level)
     return f"runs:/{run_id}/{MODEL_NAME}"

@@ -102,8 +102,15 @@ def quiet_logs() -> None:
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" bars
     # Train V2 logs every reported dict ("Reporting training result N: TrainingReport(...)") at INFO
-    # from the worker, past RunConfig(logging_config=WARNING).
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    # from the worker through a logger named after its FILE, so RunConfig(logging_config=WARNING),
+    # which filters "ray.train.*", lets it through.
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # another Ray version: nothing to quiet
+        pass
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
