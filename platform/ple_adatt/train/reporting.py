@@ -99,8 +99,10 @@ def quiet_logs() -> None:
     train workers call this too (train/loop.py)."""
     if os.environ.get(VERBOSE_ENV) == "1":
         return
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
-    logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
+    # Ray processes this driver starts (Ray Data's split coordinator, its tasks) inherit the variable
+    # and read it when they configure Ray Data's logging; in this process Ray Data keeps its warnings.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" bars
     # Train V2 logs every reported dict ("Reporting training result N: TrainingReport(...)") at INFO
