@@ -6,7 +6,10 @@ import re
 
 MAX_LINES = 40
 RAY_INTERNAL = ("Reporting training result", "Progress bars disabled", "execution finished",
-                "PreemptionWatcher", "Creating initial MLflow database tables")
+                "Creating initial MLflow database tables", "Downloading artifacts")
+# Not listed: Ray 2.60's TrainController logs one C++ error line about its PreemptionWatcher actor
+# ("has constructor arguments in the object store and max_restarts > 0") that no setting silences
+# short of hiding every core-worker error; it counts towards MAX_LINES.
 _PREFIX = re.compile(r"^(\x1b\[\d+m)?\((\w+) pid=\d+(, ip=[\d.]+)?\)(\x1b\[0m)? ")
 
 
