@@ -26,6 +26,8 @@ def main() -> None:
     if outcome.interrupted:
         raise SystemExit(3)
     print(f"summary: {outcome.summary_dir}/summary.md\nbest config: {outcome.best_config_path}")
+    if outcome.parent_run_id:
+        print(f"MLflow: experiment '{outcome.name}', parent run {outcome.parent_run_id} (one child run per trial)")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def ray_test_env() -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
-RAY_RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+# RAY_DATA_LOG_LEVEL: what train/reporting.quiet_logs gives the Ray that a job starts itself, so the
+# job-run test sees the console a user sees (no "Dataset ... execution finished" from Ray Data actors).
+RAY_RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning", "RAY_DATA_LOG_LEVEL": "ERROR"}}
 
 
 def start_local_ray():

@@ -18,10 +18,26 @@ from ple_adatt.data.files import DataError
 from ple_adatt.train.metrics import check_checkpoint_metric
 
 
+class _Verbose(argparse.Action):
+    """--verbose: keep Ray's and MLflow's INFO lines (train/reporting.quiet_logs turns them off)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import os
+
+        from ple_adatt.train.reporting import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+        setattr(namespace, self.dest, True)
+
+
 def config_parser(description: str, extra: list[tuple[str, str]] = ()) -> argparse.ArgumentParser:
-    """``extra``: (flag, help) pairs of optional string flags a job adds (e.g. ("--out", "...")),"""
+    """``extra``: (flag, help) pairs of optional string flags a job adds (e.g. ("--out", "..."))."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=True, help="experiment YAML (may use `base:` and `dataset:` refs)")
+    p.add_argument("--verbose", action=_Verbose, help="keep Ray's and MLflow's own INFO lines on the console")
     for flag, help_text in extra:
         p.add_argument(flag, default=None, help=help_text)
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.arch=mmoe")

@@ -1,6 +1,8 @@
 """End-to-end Ray Train runs on the shared local Ray session (few, tiny, but real)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import runpy
 import sys
@@ -13,6 +15,7 @@ from ple_adatt.train.checkpoint import load_state
 
 pytestmark = pytest.mark.integration
 SMOKE = "configs/smoke/tiny.yaml"
+JOB_CONSOLE: list[str] = []  # what jobs/train.py printed in the `job_run` fixture
 
 
 def _val(metrics: dict) -> dict:
@@ -28,37 +31,52 @@ def _assert_close(a: dict, b: dict, tol: float) -> float:
 
 @pytest.fixture(scope="module")
 def job_run(ray_session, tiny_dataset, tmp_path_factory):
-    """The real job entrypoint (jobs/train.py), 1 worker, 3 epochs; rank 0 fails once at the start of
-    epoch 2, so Ray Train restarts the worker group from the epoch-1 checkpoint. Then a relaunch with
-    the same name resumes the finished run and trains nothing."""
+    """The real job entrypoint (jobs/train.py), 1 worker, 3 epochs, its console captured. Then a
+    relaunch under the same name with one more epoch: it resumes after epoch 2, rank 0 fails once at
+    the start of epoch 3, and Ray Train restarts the worker group from the epoch-2 checkpoint."""
     storage = tmp_path_factory.mktemp("runs")
     marker = storage / "failed.marker"
     argv = ["jobs/train.py", "--config", SMOKE, f"dataset={tiny_dataset}", "train.epochs=3",
-            f"run.storage_path={storage}", "run.name=a",
-            f"train.fault_injection={{epochs: [2], rank: 0, marker: '{marker}'}}"]
+            f"run.storage_path={storage}", "run.name=a"]
     old = sys.argv
     sys.argv = argv
+    out = io.StringIO()  # the job's console, worker lines included (Ray's log monitor writes to sys.stdout)
     try:
-        runpy.run_path("jobs/train.py", run_name="__main__")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            runpy.run_path("jobs/train.py", run_name="__main__")
     finally:
         sys.argv = old
-    assert (storage / "failed.marker.e2").exists(), "the injected failure never fired"
-    cfg = load_config(SMOKE, argv[3:])
-    return fit(cfg, verbose=False)  # relaunch with the same name: resumes the finished run, trains nothing
+        JOB_CONSOLE.append(out.getvalue())
+        print(out.getvalue())
+    cfg = load_config(SMOKE, argv[3:] + ["train.epochs=4", f"train.fault_injection={{epochs: [3], rank: 0, marker: '{marker}'}}"])
+    res = fit(cfg, verbose=False)
+    assert (storage / "failed.marker.e3").exists(), "the injected failure never fired"
+    return res
 
 
-def test_job_survives_a_worker_failure_and_relaunch_resumes_finished_run(job_run):
+def test_job_console_relaunch_and_worker_failure(job_run):
     res = job_run
-    assert res.metrics["epoch"] == 2
+    assert res.metrics["epoch"] == 3
     state = load_state(res.checkpoint_path)
-    assert [h["epoch"] for h in state["history"]] == [0, 1, 2]  # epochs 0-1 came from the checkpoint, not re-run
+    assert [h["epoch"] for h in state["history"]] == [0, 1, 2, 3]  # epochs 0-2 came from checkpoints, not re-run
     assert "val/click/auc" in res.metrics and "val/avg/binary/auc" in res.metrics
     assert res.best_checkpoint_path is not None and res.mlflow_run_id
-    # One MLflow run, one value per epoch: the restart resumed the run instead of logging epochs twice.
+    # One MLflow run, one value per epoch: the relaunch and the restart resumed the run.
     from mlflow.tracking import MlflowClient
 
-    steps = [m.step for m in MlflowClient(res.tracking_uri).get_metric_history(res.mlflow_run_id, "val/loss")]
-    assert sorted(steps) == [0, 1, 2], steps
+    client = MlflowClient(res.tracking_uri)
+    steps = [m.step for m in client.get_metric_history(res.mlflow_run_id, "val/loss")]
+    assert sorted(steps) == [0, 1, 2, 3], steps
+    # Issue 19: one line per epoch, nothing twice, no Ray internals, <= 40 lines (tests/console_check.py).
+    from console_check import console_problems
+
+    console = JOB_CONSOLE[0]
+    print(f"job console: {len([ln for ln in console.splitlines() if ln.strip()])} non-blank lines")
+    assert console_problems(console) == [], console
+    assert sum("[ple-adatt] epoch " in ln and "/3 |" in ln for ln in console.splitlines()) <= 3
+    # The job logged the best checkpoint as an MLflow model (its reload is tests/unit/test_model_export.py).
+    assert "model:" in console and client.search_logged_models(
+        experiment_ids=[client.get_run(res.mlflow_run_id).info.experiment_id])
 
 
 # 2 workers; adaTT warmup e0, dynamic e1-e2, frozen e3-e4; phase 2 e5-e6. Kills at the start of e2, e4

@@ -143,12 +143,30 @@ def test_campaign_asha_interrupt_resume_best_config(ray_session, tiny_dataset, t
     study = optuna.load_study(study_name="itest-asha", storage=f"sqlite:///{summary / 'optuna.db'}")
     assert len(study.trials) == 3
     assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) >= 1
+    states = {"completed": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.PRUNED}
+    assert sorted(str(t.state) for t in study.trials) == sorted(str(states[s]) for s in df["status"])
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("smoke-tiny")
+    exp = client.get_experiment_by_name("itest-asha")  # the campaign's own experiment (issue 19)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{out.parent_run_id}'")
     assert sorted(r.data.tags["tune.status"] for r in children) == sorted(df["status"])
     assert client.get_run(out.parent_run_id).info.status == "FINISHED"
+    # Every child run ended, with the status of what happened (issue 18 item 5, issue 19): ASHA-stopped
+    # -> KILLED, run to max_t -> FINISHED; status and epochs in trials.csv match the epochs the run logged.
+    print("child runs:", [(r.data.tags["ple_adatt.trial_id"], r.info.status, r.data.tags["tune.status"])
+                          for r in children])
+    assert len(children) == 3
+    for r in children:
+        row = df.loc[df["trial_id"] == r.data.tags["ple_adatt.trial_id"]].iloc[0]
+        assert r.info.status == {"completed": "FINISHED", "early_stopped": "KILLED"}[row["status"]], row
+        steps = sorted({m.step for m in client.get_metric_history(r.info.run_id, "val/loss")})
+        n = int(row["epochs"])
+        # a stopped trial's worker may log one more epoch while Tune kills it; never fewer than reported
+        assert steps[:n] == list(range(n)) and len(steps) <= n + (row["status"] == "early_stopped"), (row, steps)
+        assert row["status"] == ("completed" if row["epochs"] >= 2 else "early_stopped")  # max_t = train.epochs
+        assert "final_metrics.json" in {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert "epoch" not in r.data.metrics and "phase" not in r.data.metrics
 
     # The best config is a complete experiment: it validates and carries the best trial's values.
     best = load_config(out.best_config_path, [f"run.storage_path={tmp_path / 'best'}"])

@@ -223,7 +223,7 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
     uri, experiment, parent = open_parent_run(
         base_cfg, storage, f"study-{sc.name}", {"study": sc.model_dump_json()},
         {KIND_TAG: STUDY_KIND, STUDY_TAG: sc.name, META_TAG: json.dumps(study_meta(sc)),
-         REPORT_DIR_TAG: str(report_dir)})
+         REPORT_DIR_TAG: str(report_dir)}, experiment=sc.name)
     spec = _spec(sc, study.base, st.join(exp_path, "train"), uri, experiment, parent)
 
     def new_tuner(trainable):
@@ -233,7 +233,8 @@ def run_study(study: Study, *, tune_callbacks: list | None = None, verbose: int 
             space["level"] = tune.grid_search(list(sc.sweep.levels))
         return tune.Tuner(trainable, param_space=space,
                           tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=n),
-                          run_config=run_config(sc.name, storage, verbose, sc.max_failures, tune_callbacks))
+                          run_config=run_config(sc.name, storage, verbose, sc.max_failures, tune_callbacks, spec=spec,
+                                                metrics=["val/loss"], params=list(space)))
 
     results = fit_tuner(exp_path, f"study {sc.name}", spec, new_tuner)
     if len(results) < study.num_runs():  # restored a grid recorded before GRID_FILE existed

@@ -26,12 +26,14 @@ from ple_adatt.data.quality import check_list_lengths, feature_report
 from ple_adatt.data.reading import read_split
 from ple_adatt.data.targets import rare_task_advice
 from ple_adatt.tracking import mlflow_tracking as mt
+from ple_adatt.tracking.lineage import git_tags
 from ple_adatt.tracking.store import check_free_space, loopback_tracking_problem
 from ple_adatt.train.build import check_model_builds
 from ple_adatt.train.checkpoint import check_resumable
 from ple_adatt.train.loop import train_loop_per_worker
 from ple_adatt.train.metrics import check_checkpoint_metric
 from ple_adatt.train.monitor import flagged_from_metrics
+from ple_adatt.train.reporting import quiet_logs
 
 
 class ResourceError(ValueError):
@@ -46,6 +48,8 @@ class FitResult:
     run_dir: str
     tracking_uri: str | None
     mlflow_run_id: str | None
+    model_uri: str | None = None
+    """The run's MLflow pyfunc model once logged (jobs/train.py, launch/model_export.py)."""
 
 
 def ensure_ray(min_cpus: float = 0) -> None:
@@ -54,6 +58,7 @@ def ensure_ray(min_cpus: float = 0) -> None:
     A locally started Ray gets at least `min_cpus` logical CPUs: on a 2-core laptop two train
     workers would otherwise take every CPU and starve the Ray Data tasks that feed them (a hang).
     """
+    quiet_logs()
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -171,7 +176,9 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
     if cfg.tracking.enabled:
         run_id, resumed = mt.start_run(uri, cfg.tracking.experiment or cfg.name, name,
                                        {**flatten(cfg.model_dump(mode="json", exclude={"dataset"})), **quality.params()},
-                                       parent_run_id=parent_run_id, tags={"dataset": cfg.dataset.name})
+                                       parent_run_id=parent_run_id, tags={"dataset": cfg.dataset.name, **git_tags()})
+        if not resumed:
+            _log_inputs(cfg, uri, run_id, rows)
         if verbose:
             print(f"[ple-adatt] MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {uri}", flush=True)
 
@@ -213,6 +220,18 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
     if run_id:
         _log_final(cfg, out)
     return out
+
+
+def _log_inputs(cfg: ExperimentConfig, uri: str, run_id: str, rows: dict[str, int]) -> None:
+    """The train and val splits as the run's MLflow dataset inputs (files, schema, rows, digest)."""
+    from ple_adatt.data.files import parquet_dataset, split_files
+    from ple_adatt.tracking.lineage import log_dataset_inputs
+
+    splits = {}
+    for split, n in rows.items():
+        files = split_files(cfg.dataset, split)
+        splits[split] = (files, parquet_dataset(files).schema, n)
+    log_dataset_inputs(uri, run_id, cfg.dataset.name, splits)
 
 
 def _log_final(cfg: ExperimentConfig, res: FitResult) -> None:

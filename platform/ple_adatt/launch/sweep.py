@@ -16,6 +16,7 @@ config/sweeps.py sit below train and cannot import it.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Callable, Iterable
@@ -195,6 +196,7 @@ def fit_tuner(exp_path: str | Path, label: str, spec, new_tuner: Callable):
     from ple_adatt.launch.trial import run_trial
 
     trainable = tune.with_parameters(run_trial, spec=spec)
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic reporter: it shows our columns (live_table_reporter)
     if tune.Tuner.can_restore(str(exp_path)):
         print(f"[ple-adatt] resuming {label} from {exp_path}", flush=True)
         tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=True)
@@ -203,13 +205,30 @@ def fit_tuner(exp_path: str | Path, label: str, spec, new_tuner: Callable):
     return tuner.fit()
 
 
-def run_config(name: str, storage: str, verbose: int, max_failures: int, callbacks: list | None):
-    """The Tune RunConfig of a campaign or study (trial-level retries: FailureConfig)."""
+def run_config(name: str, storage: str, verbose: int, max_failures: int, callbacks: list | None,
+               spec=None, metrics: list[str] | None = None, params: list[str] | None = None, max_t: int | None = None):
+    """The Tune RunConfig of a campaign or study (trial-level retries: FailureConfig). With `spec`
+    (trial.TrialSpec) a RunCloser ends every trial's MLflow child run; the live table shows
+    `metrics` and the searched `params` (live_table_reporter)."""
     import ray.tune as tune
 
+    from ple_adatt.launch.run_closer import RunCloser
+
+    closer = [RunCloser(spec.tracking_uri, spec.experiment, spec.name, max_t)] if spec is not None and spec.tracking_uri else []
     return tune.RunConfig(name=name, storage_path=storage, verbose=verbose,
                           failure_config=tune.FailureConfig(max_failures=max_failures),
-                          callbacks=list(callbacks or []))
+                          callbacks=list(callbacks or []) + closer,
+                          progress_reporter=live_table_reporter(metrics, params) if verbose and metrics else None)
+
+
+def live_table_reporter(metrics: list[str], params: list[str] | None):
+    """Tune's live trial table with the objective(s), the epoch and the searched parameters (Ray's
+    default table shows the first four reported keys instead). Ray's newer console output ignores
+    custom reporters, so fit_tuner switches it off (RAY_AIR_NEW_OUTPUT=0)."""
+    from ray.tune import CLIReporter
+
+    return CLIReporter(metric_columns={**{m: m for m in metrics}, "epoch": "epoch (0-based)"},
+                       parameter_columns=list(params or []), max_report_frequency=30)
 
 
 def interrupted(results, expected: int, label: str, unit: str) -> bool:
@@ -225,16 +244,18 @@ def interrupted(results, expected: int, label: str, unit: str) -> bool:
 
 
 def open_parent_run(base_cfg: ExperimentConfig, storage: str, run_name: str, params: dict,
-                    tags: dict) -> tuple[str | None, str | None, str | None]:
+                    tags: dict, experiment: str) -> tuple[str | None, str | None, str | None]:
     """(tracking uri, experiment, parent run id) of the campaign/study; all None with tracking off.
+    `experiment` is the campaign/study name: its own MLflow experiment holds the parent run and,
+    nested under it, one child run per trial (never mixed with ordinary training runs).
     Re-opens the parent run of the same name on resume."""
     from ple_adatt.tracking import mlflow_tracking as mt
+    from ple_adatt.tracking.lineage import git_tags
 
     if not base_cfg.tracking.enabled:
         return None, None, None
     uri = mt.resolve_tracking_uri(base_cfg.tracking.uri, storage)
-    experiment = base_cfg.tracking.experiment or base_cfg.name
-    run_id, _ = mt.start_run(uri, experiment, run_name, params, tags=tags)
+    run_id, _ = mt.start_run(uri, experiment, run_name, params, tags={**tags, **git_tags()})
     return uri, experiment, run_id
 
 

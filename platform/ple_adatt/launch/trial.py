@@ -116,3 +116,36 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
                      tags={**tags, TRIAL_TAG: trial_id, NAME_TAG: spec.name, "dataset": cfg.dataset.name})
     fit(cfg, run_name=run_name, callbacks=[TuneReportCallback()], parent_run_id=spec.parent_run_id,
         verbose=False)
+
+
+# ----------------------------------------------------------------------------- closing child runs
+
+MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "KILLED", "error": "FAILED"}
+
+
+def close_trial_run(uri: str, experiment: str, name: str, trial_id: str, status: str, last_result: dict | None) -> None:
+    """End a trial's MLflow child run with its Tune status: the status tag, the last reported metrics
+    (final_metrics.json) and FINISHED / KILLED / FAILED. A run fit() already closed keeps its status
+    and artifacts (a completed trial logs its own final files)."""
+    import tempfile
+    from pathlib import Path
+
+    from ple_adatt.tracking import mlflow_tracking as mt
+    from ple_adatt.tracking import queries
+
+    client = queries.client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    run = queries.run_by_name(uri, exp.experiment_id, trial_run_name(name, trial_id)) if exp else None
+    if run is None:
+        return
+    log = mt.RunLogger(uri, run.info.run_id)
+    log.set_tag("tune.status", status)
+    log.set_tag(TRIAL_TAG, trial_id)
+    if run.info.status != "RUNNING":
+        return
+    final = {k: v for k, v in (last_result or {}).items() if isinstance(v, (int, float, str)) and k != "config"}
+    with tempfile.TemporaryDirectory(prefix="ple-adatt-") as d:
+        path = Path(d) / "final_metrics.json"
+        path.write_text(json.dumps(final, indent=2, sort_keys=True, default=str))
+        log.log_artifact(path)
+    log.finish(MLFLOW_STATUS[status])

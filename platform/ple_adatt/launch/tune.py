@@ -37,7 +37,7 @@ from ple_adatt.launch.sweep import (
     run_config,
     split_cli_overrides,
 )
-from ple_adatt.launch.trial import KIND_TAG, TRIAL_TAG, TrialSpec, decode_choice, encode_choice, trial_run_name
+from ple_adatt.launch.trial import KIND_TAG, TrialSpec, close_trial_run, decode_choice, encode_choice
 from ple_adatt.train.metrics import metric_mode
 
 CAMPAIGN_FIELDS = set(CampaignConfig.model_fields)
@@ -178,7 +178,7 @@ def run_campaign(campaign: Campaign, *, tune_callbacks: list | None = None, verb
     exp_path = st.join(storage, cc.name)
     uri, experiment, parent = open_parent_run(
         base_cfg, storage, f"tune-{cc.name}", flatten(cc.model_dump(mode="json")),
-        {KIND_TAG: "tune_campaign", "ple_adatt.campaign": cc.name})
+        {KIND_TAG: "tune_campaign", "ple_adatt.campaign": cc.name}, experiment=cc.name)
     spec = TrialSpec(name=cc.name, base=campaign.base, train_storage=st.join(exp_path, "train"),
                      tracking_uri=uri, experiment=experiment, parent_run_id=parent)
     metrics, modes = campaign.metrics, campaign.modes
@@ -202,7 +202,8 @@ def run_campaign(campaign: Campaign, *, tune_callbacks: list | None = None, verb
             trainable,
             tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=cc.budget.num_trials,
                                         max_concurrent_trials=n),
-            run_config=run_config(cc.name, storage, verbose, cc.max_failures, tune_callbacks))
+            run_config=run_config(cc.name, storage, verbose, cc.max_failures, tune_callbacks, spec=spec,
+                                  metrics=metrics, params=list(cc.search_space), max_t=max_t(campaign)))
 
     results = fit_tuner(exp_path, f"campaign {cc.name}", spec, new_tuner)
     if interrupted(results, cc.budget.num_trials, f"campaign {cc.name}", "trials"):
@@ -233,20 +234,21 @@ def finish_campaign(campaign: Campaign, results, exp_path: str, uri: str | None,
 
 
 def _tag_trial_runs(campaign: Campaign, df, uri: str, parent: str) -> None:
-    """Tag each trial's child run with its Tune status; close the runs Tune stopped or lost."""
-    from ple_adatt.tracking import mlflow_tracking as mt
+    """Tag each trial's child run with its final Tune status (from its whole result history) and end
+    any run still RUNNING (the RunCloser callback ends them as trials end; this covers a campaign
+    interrupted and restored between a trial's end and its callback)."""
     from ple_adatt.tracking import queries
 
-    exp_id = queries.experiment_of(uri, parent)
+    experiment = queries.client(uri).get_experiment(queries.experiment_of(uri, parent)).name
     for _, row in df.iterrows():
-        run = queries.run_by_name(uri, exp_id, trial_run_name(campaign.config.name, row["trial_id"]))
-        if run is None:
-            continue
-        log = mt.RunLogger(uri, run.info.run_id)
-        log.set_tag("tune.status", row["status"])
-        log.set_tag(TRIAL_TAG, row["trial_id"])
-        if row["status"] != "completed" and run.info.status == "RUNNING":
-            log.finish("KILLED" if row["status"] == "early_stopped" else "FAILED")
+        last = {m: row[m] for m in campaign.metrics} | {"epoch": int(row["epochs"]) - 1}
+        close_trial_run(uri, experiment, campaign.config.name, row["trial_id"], row["status"], last)
+
+
+def max_t(campaign: Campaign) -> int:
+    """Epochs a trial must reach to count as completed: the scheduler's max_t, else train.epochs."""
+    cc = campaign.config
+    return cc.scheduler.max_t if cc.scheduler and cc.scheduler.max_t else campaign.base_cfg.train.epochs
 
 
 def load_campaign(path: str | Path, dataset_overrides: list[str] | None = None) -> CampaignConfig:

@@ -42,3 +42,5 @@ def print_summary(cfg: ExperimentConfig, result) -> None:
     if result.mlflow_run_id:
         print(f"MLflow run {result.mlflow_run_id} at {result.tracking_uri}")
         print(f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}")
+    if getattr(result, "model_uri", None):
+        print(f"  model: mlflow.pyfunc.load_model('{result.model_uri}').predict(<parquet rows as pandas>)")

@@ -37,6 +37,26 @@ class TuneSummary:
     """Names of the files written to summary_dir."""
 
 
+def trial_epochs(last_result: dict | None, history=None) -> int:
+    """Epochs a trial's Train run has trained: 1 + the highest `epoch` it reported (its Train run
+    resumes from its own checkpoints, so after a campaign is restored Tune's `training_iteration`
+    restarts at 1 while `epoch` keeps counting); `history` is Tune's per-result table if at hand."""
+    seen = [int(v) + 1 for v in ([] if history is None or "epoch" not in history else history["epoch"])
+            if v == v]  # skip NaN
+    if last_result and isinstance(last_result.get("epoch"), (int, float)):
+        seen.append(int(last_result["epoch"]) + 1)
+    if seen:
+        return max(seen)
+    return int((last_result or {}).get("training_iteration", 0) or 0)
+
+
+def trial_status(error: bool, epochs: int, max_t: int | None) -> str:
+    """A trial's outcome: error, completed (reached max_t; always, without a scheduler) or early_stopped."""
+    if error:
+        return "error"
+    return "completed" if max_t is None or epochs >= max_t else "early_stopped"
+
+
 def trials_table(campaign, results) -> "pd.DataFrame":  # noqa: F821
     """One row per trial: trial_id, status, epochs, objective value(s), params; sorted by objective."""
     import pandas as pd
@@ -46,15 +66,18 @@ def trials_table(campaign, results) -> "pd.DataFrame":  # noqa: F821
     rows = []
     for order, r in enumerate(results):  # the ResultGrid lists trials in creation order
         m = r.metrics or {}
-        it = int(m.get("training_iteration", 0) or 0)
-        status = "error" if r.error is not None else ("completed" if it >= max_t else "early_stopped")
-        row = {"trial_id": m.get("trial_id") or Path(r.path).name, "status": status, "epochs": it, "_order": order}
+        hist = r.metrics_dataframe
+        # From the trial's whole result history, not Tune's restored counters (issue 18 item 5):
+        # after a kill and relaunch a trial's training_iteration restarts while its epochs do not.
+        epochs = trial_epochs(m, hist)
+        status = trial_status(r.error is not None, epochs, max_t)
+        row = {"trial_id": m.get("trial_id") or Path(r.path).name, "status": status, "epochs": epochs, "_order": order}
         for metric in campaign.metrics:
             v = m.get(metric)
             row[metric] = float(v) if isinstance(v, (int, float)) else math.nan
-        hist = r.metrics_dataframe
-        row["_history"] = ({int(i): float(v) for i, v in zip(hist["training_iteration"], hist[campaign.metrics[0]])
-                            if isinstance(v, (int, float)) and math.isfinite(v)}
+        step = "epoch" if hist is not None and "epoch" in hist else "training_iteration"
+        row["_history"] = ({int(i) + (step == "epoch"): float(v) for i, v in zip(hist[step], hist[campaign.metrics[0]])
+                            if isinstance(v, (int, float)) and math.isfinite(v) and i == i}
                            if hist is not None and campaign.metrics[0] in hist else {})
         for k, v in (r.config or {}).items():
             row[f"param:{k}"] = campaign.decode(v)

@@ -17,6 +17,9 @@ from ple_adatt.tracking.queries import RUN_NAME_TAG, run_by_name
 from ple_adatt.tracking.store import prepared
 
 MAX_PARAM_LEN = 6000
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow 3 opens an experiment in the view its kind names; without the tag the UI may guess the
+GenAI one (traces, token usage). `custom_model_development` is the model-training view."""
 
 
 def resolve_tracking_uri(uri: str | None, storage_path: str) -> str:
@@ -54,8 +57,11 @@ def get_or_create_experiment(uri: str, name: str) -> str:
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        for k, v in EXPERIMENT_TAGS.items():  # experiments made before the tag existed
+            if k not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_location(uri))
+    return client.create_experiment(name, artifact_location=_artifact_location(uri), tags=EXPERIMENT_TAGS)
 
 
 def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
@@ -93,13 +99,18 @@ class RunLogger:
         self.client = _client(uri)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        self.log_epoch(metrics, step)
+
+    def log_epoch(self, metrics: dict[str, float], step: int, tags: dict[str, str] | None = None) -> None:
+        """Metrics (and tags) of one step in one `log_batch` call (MLflow takes up to 1000 entities a call)."""
+        from mlflow.entities import Metric, RunTag
 
         ts = int(time.time() * 1000)
         items = [Metric(_clean(k), float(v), ts, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and math.isfinite(v)]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+        tag_items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        for i in range(0, max(1, len(items)), 900):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 900], tags=tag_items if i == 0 else [])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -115,6 +126,9 @@ class NullLogger:
     """Same methods as RunLogger; does nothing (non-zero ranks, tracking disabled)."""
 
     def log_metrics(self, metrics, step):
+        pass
+
+    def log_epoch(self, metrics, step, tags=None):
         pass
 
     def log_artifact(self, path, artifact_path=None):

@@ -1,4 +1,4 @@
-"""Gate and adaTT diagnostics of a training run: per-epoch metrics and figures (rank 0 only).
+"""Gate and adaTT diagnostics of a training run: per-epoch values, a CSV table and figures (rank 0 only).
 
 Figures use matplotlib's Figure + Agg canvas, imported lazily, never pyplot (no global backend
 state on workers); model/ holds no plotting code.
@@ -56,6 +56,11 @@ def log_gate_diagnostics(raw_model, metrics: dict, logger, last_epoch: bool, ran
     for gate, ratios in diag["entropy"].items():
         for i, t in enumerate(diag["tasks"]):
             metrics[f"gate/{gate}/{t}/entropy_ratio"] = float(ratios[i])
+    # The few gate numbers MLflow keeps as metrics (train/reporting.for_mlflow); the rest is a table.
+    for gate, ratios in diag["entropy"].items():
+        r = [float(x) for x in ratios]
+        metrics[f"gate/{gate}/entropy_ratio_mean"] = sum(r) / max(1, len(r))
+        metrics[f"gate/{gate}/entropy_ratio_min"] = min(r) if r else float("nan")
     if last_epoch and diag["weights"]:
         with tempfile.TemporaryDirectory() as d:
             for gate, w in diag["weights"].items():
@@ -100,3 +105,40 @@ def log_sae_dictionary(raw_model, logger, last_epoch: bool, rank: int) -> Path |
         np.savez(path, **{k: v.numpy() for k, v in side.dictionary().items()})
         logger.log_artifact(path, "sae")
     return path
+
+
+def diagnostics_table(history: list[dict]) -> list[dict]:
+    """Long table of every gate and adaTT value of every epoch so far, from the run's history
+    (so a resumed run's table is complete): rows {epoch, key, gate, task, expert, value} with
+    key "gate_weight" / "entropy_ratio" (per gate, task[, expert]) or an adaTT name ("adatt/phase", ...)."""
+    rows = []
+    for h in history:
+        for k, v in h.items():
+            parts = k.split("/")
+            if parts[0] == "gate" and len(parts) == 4 and parts[3] == "entropy_ratio":
+                rows.append({"epoch": h["epoch"], "key": "entropy_ratio", "gate": parts[1], "task": parts[2],
+                             "expert": "", "value": v})
+            elif parts[0] == "gate" and len(parts) == 4:
+                rows.append({"epoch": h["epoch"], "key": "gate_weight", "gate": parts[1], "task": parts[2],
+                             "expert": parts[3], "value": v})
+            elif parts[0] == "adatt":
+                rows.append({"epoch": h["epoch"], "key": k, "gate": "", "task": "", "expert": "", "value": v})
+    return rows
+
+
+def log_diagnostics_table(history: list[dict], logger, rank: int) -> None:
+    """Rewrite diagnostics/gates_adatt.csv (the table of `diagnostics_table`) in the run; rank 0 only."""
+    if rank != 0:
+        return
+    rows = diagnostics_table(history)
+    if not rows:
+        return
+    import csv
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "gates_adatt.csv"
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        logger.log_artifact(path, "diagnostics")

@@ -24,10 +24,12 @@ from ple_adatt.tracking.mlflow_tracking import make_logger
 from ple_adatt.train.build import build_adatt, build_model, build_weighting, set_schedule_position
 from ple_adatt.train.calibration import calibration_metrics
 from ple_adatt.train.checkpoint import load_model_weights, load_state, save_checkpoint
-from ple_adatt.train.diagnostics import log_adatt_diagnostics, log_gate_diagnostics, log_sae_dictionary
+from ple_adatt.train.diagnostics import (log_adatt_diagnostics, log_diagnostics_table, log_gate_diagnostics,
+                                         log_sae_dictionary)
 from ple_adatt.train.evaluate import predict_distributed
 from ple_adatt.train.metrics import evaluate_predictions
 from ple_adatt.train.monitor import collapse_flags, collapsed_tasks, prediction_spreads, shared_decision, should_stop
+from ple_adatt.train.reporting import EpochProgress, for_mlflow, for_report, quiet_logs, say
 from ple_adatt.train.step import NonFiniteLossError, Trainer, validation_loss
 from ple_adatt.train.trainable import TrainableSet, begin_epoch, phase_optimizer
 
@@ -96,6 +98,7 @@ def _fmt_eta(seconds: float) -> str:
 
 def train_loop_per_worker(config: dict) -> None:
     # [1] config and preprocessing state (re-validated: the worker trusts nothing it is handed)
+    quiet_logs()
     cfg = ExperimentConfig.model_validate(config["experiment"])
     state = PreprocessState.from_dict(config["preprocess"])
     ctx = ray.train.get_context()
@@ -122,8 +125,8 @@ def train_loop_per_worker(config: dict) -> None:
             saved = load_state(d)
         phase, start_epoch, history = restore_checkpoint(trainer, saved, steps)
         if rank == 0:
-            print(f"[ple-adatt] resumed from checkpoint after epoch {saved['epoch']} (phase {phase}) on {world} "
-                  f"worker(s); the checkpoint was written by {saved['extra'].get('world_size', world)}", flush=True)
+            say(f"[ple-adatt] resumed from checkpoint after epoch {saved['epoch']} (phase {phase}) on {world} "
+                f"worker(s); the checkpoint was written by {saved['extra'].get('world_size', world)}")
 
     train_shard = ray.train.get_dataset_shard("train")
     val_iter = ray.train.get_dataset_shard("val")
@@ -131,7 +134,7 @@ def train_loop_per_worker(config: dict) -> None:
     global_step = start_epoch * steps
 
     if start_epoch >= total_epochs or _stops_early(cfg, history):  # relaunch of a finished run: report again
-        ray.train.report(history[-1] if history else {"epoch": total_epochs - 1})
+        ray.train.report(for_report(history[-1]) if history else {"epoch": total_epochs - 1})
         return
 
     # [3] epochs
@@ -140,13 +143,14 @@ def train_loop_per_worker(config: dict) -> None:
         _maybe_inject_failure(cfg, epoch, rank)
         phase, changed = begin_epoch(trainer, trainable, epoch, phase, steps)  # same on every rank
         if changed and rank == 0 and trainable.frozen:
-            print(f"[ple-adatt] epoch {epoch + 1}: {len(trainable.frozen)} parameter tensors frozen (phase {phase}"
-                  f"{', adaTT ' + adatt.phase.name.lower() if adatt is not None else ''})", flush=True)
+            say(f"[ple-adatt] epoch {epoch + 1}: {len(trainable.frozen)} parameter tensors frozen (phase {phase}"
+                f"{', adaTT ' + adatt.phase.name.lower() if adatt is not None else ''})")
         torch.manual_seed(t_cfg.seed + 1000 * (epoch + 1) + rank)  # dropout RNG: a function of epoch only
         trainer.model.train()
         t0, n_rows, n_batches = time.perf_counter(), 0, 0
         loss_sums = {t: 0.0 for t in tasks}
         term_sums: dict[str, float] = {}
+        progress = EpochProgress(epoch, total_epochs, config["train_rows"] // world, world) if rank == 0 else None
         batches = train_shard.iter_torch_batches(
             batch_size=t_cfg.batch_size, prefetch_batches=2, drop_last=False,
             local_shuffle_buffer_size=t_cfg.shuffle_buffer or None,
@@ -168,6 +172,8 @@ def train_loop_per_worker(config: dict) -> None:
                 loss_sums[t] += l.item()
             for k, v in out.terms.items():
                 term_sums[k] = term_sums.get(k, 0.0) + float(v)
+            if progress is not None:
+                progress.update(n_rows)
         train_time = time.perf_counter() - t0
 
         # [4] validation: rank r scores batches i with i % world == r; predictions gathered on rank 0
@@ -200,13 +206,12 @@ def train_loop_per_worker(config: dict) -> None:
             eta = elapsed / (epoch - start_epoch + 1) * (total_epochs - epoch - 1)
             summary = " ".join(f"{k.split('/', 2)[-1]}={metrics[k]:.4f}" for k in sorted(metrics)
                                if k.startswith("val/avg/") and k.endswith(("/auc", "/accuracy", "/rmse")))
-            print(f"[ple-adatt] epoch {epoch + 1}/{total_epochs} | {metrics['train/samples_per_s']:,.0f} samples/s | "
-                  f"train loss {metrics['train/loss']:.4f} | val loss {metrics['val/loss']:.4f} {summary} | "
-                  f"eta {_fmt_eta(eta)}", flush=True)
+            say(f"[ple-adatt] epoch {epoch + 1}/{total_epochs} | {metrics['train/samples_per_s']:,.0f} samples/s | "
+                f"train loss {metrics['train/loss']:.4f} | val loss {metrics['val/loss']:.4f} {summary} | "
+                f"eta {_fmt_eta(eta)}")
             if collapsed:
-                print("[ple-adatt]   COLLAPSED (validation predictions carry no signal): "
-                      + "; ".join(f"{t} ({why})" for t, why in collapsed.items())
-                      + " - see docs/rare-tasks.md", flush=True)
+                say("[ple-adatt]   COLLAPSED (validation predictions carry no signal): "
+                    + "; ".join(f"{t} ({why})" for t, why in collapsed.items()) + " - see docs/rare-tasks.md")
         log_gate_diagnostics(raw_model, metrics, logger, epoch == total_epochs - 1, rank)
         log_sae_dictionary(raw_model, logger, epoch == total_epochs - 1, rank)
         log_adatt_diagnostics(adatt, epoch, metrics, logger, rank)
@@ -217,9 +222,10 @@ def train_loop_per_worker(config: dict) -> None:
             metrics["early_stopped"] = 1.0
             if rank == 0:
                 es = t_cfg.early_stopping
-                print(f"[ple-adatt] early stopping after epoch {epoch + 1}: {t_cfg.checkpoint_metric} did not improve "
-                      f"by more than {es.min_delta:g} in {es.patience} epoch(s)", flush=True)
-        logger.log_metrics(metrics, step=epoch)
+                say(f"[ple-adatt] early stopping after epoch {epoch + 1}: {t_cfg.checkpoint_metric} did not improve "
+                    f"by more than {es.min_delta:g} in {es.patience} epoch(s)")
+        logger.log_epoch(for_mlflow(metrics), step=epoch, tags={"ple_adatt.phase": str(phase)})  # one call
+        log_diagnostics_table(history, logger, rank)
 
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
@@ -229,6 +235,6 @@ def train_loop_per_worker(config: dict) -> None:
                 save_checkpoint(tmp, model=raw_model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
                                 scaler=None, epoch=epoch, history=history, cfg=cfg, preprocess=state, extra=extra_state)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
+            ray.train.report(for_report(metrics), checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
         if stop:
             break
