@@ -1,5 +1,6 @@
 """Validation on N ranks gives the metrics of one rank over the same split (issue 14, item 6): every
-batch is scored exactly once, by rank i % N, and the predictions are merged on rank 0."""
+batch is scored exactly once, by rank i % N, and the ranks' sufficient statistics and score
+histograms are merged with one all-reduce (train/evaluate.validate_streaming, issue 16)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,7 @@ import torch
 
 from ddp_harness import TINY_CONFIG, spawn
 
-from ple_adatt.train.evaluate import predict_batches
+from ple_adatt.train.evaluate import predict_batches, validate_streaming
 
 BATCH = 48  # 200 validation rows -> 5 batches: ranks score unequal numbers of them
 
@@ -41,18 +42,25 @@ def _metrics(cfg, preds) -> dict:
 
 
 def _rank(rank, world, cfg, model, batches):
-    from ple_adatt.train.evaluate import predict_distributed
-
-    preds = predict_distributed(model, batches, cfg.task_names(), torch.device("cpu"), rank, world, cfg=cfg)
-    return _metrics(cfg, preds) if rank == 0 else None
+    return validate_streaming(model, batches, cfg, torch.device("cpu"), rank, world)
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_validation_on_n_ranks_equals_one_rank(tiny_dataset, world):
+@pytest.mark.parametrize("world,n_batches", [(2, None), (3, 2)])
+def test_validation_on_n_ranks_equals_one_rank(tiny_dataset, world, n_batches):
+    """(3, 2): a rank with no batch still joins the merge."""
     cfg, model, batches = _setup(tiny_dataset)
+    batches = batches[:n_batches]
     assert len(batches) % world, "the split should not divide evenly across the ranks"
-    one = _metrics(cfg, predict_batches(model, batches, cfg.task_names(), torch.device("cpu"), cfg=cfg))
-    many = spawn(_rank, world, cfg, model, batches)[0]
+    one = validate_streaming(model, batches, cfg, torch.device("cpu"))
+    exact = _metrics(cfg, predict_batches(model, batches, cfg.task_names(), torch.device("cpu"), cfg=cfg))
+    assert one.keys() == exact.keys()  # streaming vs exact values: tests/unit/test_streaming_metrics.py
+    ranks = spawn(_rank, world, cfg, model, batches)
+    assert all(r == ranks[0] or _nan_equal(r, ranks[0]) for r in ranks)  # every rank holds the result
+    many = ranks[0]
     assert one.keys() == many.keys() and len(one) > 10
     diff = {k: abs(one[k] - many[k]) for k in one if not (math.isnan(one[k]) and math.isnan(many[k]))}
-    assert max(diff.values()) == 0.0, {k: v for k, v in diff.items() if v}  # same rows, same order
+    assert max(diff.values()) == 0.0, {k: v for k, v in diff.items() if v}  # same sums, same order
+
+
+def _nan_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)

@@ -3,7 +3,7 @@
     [1] config + preprocessing state   [2] model, optimizer, schedule (+ resume: restore_checkpoint)
     [3] epochs: training phase and trainable set (train/trainable.py) -> shuffled shard -> one step
         per batch (train/step.py)
-    [4] validation on every rank's share, gathered to rank 0 -> metrics -> report + checkpoint
+    [4] validation on every rank's share, merged by one all-reduce -> metrics -> report + checkpoint
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ from ple_adatt.tracking.mlflow_tracking import make_logger
 from ple_adatt.train.build import build_adatt, build_model, build_weighting, set_schedule_position
 from ple_adatt.train.checkpoint import load_state, save_checkpoint
 from ple_adatt.train.diagnostics import log_adatt_diagnostics, log_gate_diagnostics
-from ple_adatt.train.evaluate import predict_distributed
-from ple_adatt.train.metrics import evaluate_predictions
-from ple_adatt.train.step import NonFiniteLossError, Trainer, validation_loss
+from ple_adatt.train.evaluate import validate_streaming
+from ple_adatt.train.step import NonFiniteLossError, Trainer
 from ple_adatt.train.trainable import TrainableSet, begin_epoch, phase_optimizer
 
 
@@ -94,7 +93,6 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     logger = make_logger(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
     tasks, t_cfg = cfg.task_names(), cfg.train
-    task_types = {t: cfg.dataset.task(t).type for t in tasks}
     total_epochs = cfg.total_epochs()
 
     # [2] model, loss weighting, adaTT, optimizer, schedule; resume from the latest checkpoint
@@ -161,9 +159,10 @@ def train_loop_per_worker(config: dict) -> None:
                 term_sums[k] = term_sums.get(k, 0.0) + float(v)
         train_time = time.perf_counter() - t0
 
-        # [4] validation: rank r scores batches i with i % world == r; predictions gathered on rank 0
-        preds = predict_distributed(raw_model, val_iter.iter_torch_batches(batch_size=4096, prefetch_batches=2),
-                                    tasks, device, rank, world, cfg=cfg)
+        # [4] validation: rank r scores batches i with i % world == r; sufficient statistics and score
+        # histograms merged by one all-reduce (memory bounded whatever the split's size)
+        val = validate_streaming(raw_model, val_iter.iter_torch_batches(batch_size=4096, prefetch_batches=2),
+                                 cfg, device, rank, world)
         sums = _all_reduce_sum([n_rows, n_batches, skipped_total] + [loss_sums[t] for t in tasks], world)
         g_rows, g_batches, g_skipped = sums[0], max(1.0, sums[1]), sums[2]
         metrics = {"epoch": epoch, "phase": phase, "world_size": world, "train/samples_per_s": g_rows / max(train_time, 1e-9),
@@ -178,8 +177,7 @@ def train_loop_per_worker(config: dict) -> None:
         weighting.on_epoch_end({t: metrics[f"train/{t}/loss"] for t in tasks})  # identical on every rank
         metrics.update({f"weight/{t}": w for t, w in weighting.weights().items()})
         if rank == 0:
-            metrics.update({f"val/{k}": v for k, v in validation_loss(cfg, preds).items()})
-            metrics.update({f"val/{k}": v for k, v in evaluate_predictions(task_types, preds).items()})
+            metrics.update({f"val/{k}": v for k, v in val.items()})
             elapsed = time.perf_counter() - run_start
             eta = elapsed / (epoch - start_epoch + 1) * (total_epochs - epoch - 1)
             summary = " ".join(f"{k.split('/', 2)[-1]}={metrics[k]:.4f}" for k in sorted(metrics)
