@@ -98,6 +98,8 @@ def train_loop_per_worker(config: dict) -> None:
     # [2] model, loss weighting, adaTT, optimizer, schedule; resume from the latest checkpoint
     torch.manual_seed(t_cfg.seed)
     raw_model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k)
+    if t_cfg.compile:  # in place: state_dict keys (checkpoints) stay those of the plain module
+        raw_model.compile()
     weighting, adatt = build_weighting(cfg), build_adatt(cfg)
     steps = steps_per_epoch(config["train_rows"], world, t_cfg.batch_size)
     phase = 1
