@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -459,6 +460,7 @@ def _write_ray(cfg: GeneratorConfig, seed: int, sizes: dict[str, int], rows: int
         per_chunk = -(-chunk_rows // BLOCK_ROWS)
         n_blocks = -(-rows // BLOCK_ROWS)
         task = ray.remote(num_cpus=1)(_chunk_files)
+        t0 = time.perf_counter()
         gen_ref = ray.put(gen)
         refs = [task.remote(gen_ref, c, range(b, min(b + per_chunk, n_blocks)), bounds, rows, str(tmp), chunk_rows)
                 for c, b in enumerate(range(0, n_blocks, per_chunk))]
@@ -468,6 +470,9 @@ def _write_ray(cfg: GeneratorConfig, seed: int, sizes: dict[str, int], rows: int
                 written[split] = written.get(split, 0) + n
         if written != {k: v for k, v in sizes.items() if v}:
             raise RuntimeError(f"generation wrote {written} rows per split, expected {sizes}")
+        took = time.perf_counter() - t0
+        print(f"[generate] {rows:,} rows by {len(refs)} Ray tasks on {ray.cluster_resources().get('CPU', 0):.0f} CPUs "
+              f"in {took:.1f} s ({rows / took:,.0f} rows/s, generator fit excluded)", flush=True)
         (tmp / "dataset.yaml").write_text(dataset_yaml(cfg, has_test="test" in sizes))
         (tmp / "generator.json").write_text(json.dumps(
             {"fingerprint": fp, "rows": rows, "seed": seed, "splits": sizes, "block_rows": BLOCK_ROWS,
