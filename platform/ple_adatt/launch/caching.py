@@ -6,10 +6,8 @@ The estimate packs the first SAMPLE_ROWS rows with the worker's own Packer and s
 row by the split's row count (parquet metadata): a few milliseconds, no scan of the split."""
 from __future__ import annotations
 
-import pyarrow.dataset as pads
-
 from ple_adatt.config.schema import ExperimentConfig
-from ple_adatt.data.files import split_files
+from ple_adatt.data.files import parquet_dataset, split_files
 from ple_adatt.data.preprocess import Packer, PreprocessState
 
 CACHE_FRACTION = 0.3
@@ -25,7 +23,7 @@ def packed_bytes_per_row(cfg: ExperimentConfig, state: PreprocessState, split: s
     cols = spec.input_columns() + [spec.task(t).label for t in tasks]
     if with_oracles:
         cols += [spec.task(t).oracle for t in tasks if spec.task(t).oracle]
-    table = pads.dataset(split_files(spec, split), format="parquet").head(SAMPLE_ROWS, columns=list(dict.fromkeys(cols)))
+    table = parquet_dataset(split_files(spec, split)).head(SAMPLE_ROWS, columns=list(dict.fromkeys(cols)))
     packed = Packer(spec, state, tasks, with_oracles=with_oracles)(table)
     return sum(a.nbytes for a in packed.values()) / max(1, table.num_rows)
 
