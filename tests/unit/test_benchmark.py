@@ -28,3 +28,39 @@ def test_adatt_benchmark_needs_one_full_batch(tiny_dataset):
     cfg = load_config("configs/smoke/tiny.yaml", [f"dataset={tiny_dataset}", "train.batch_size=100000"])
     with pytest.raises(DataError, match="fewer than train.batch_size=100000"):
         run_benchmark(cfg, epochs=1, only_adatt=True)
+
+
+def test_step_time_mode_reports_both_forms_and_their_ratio(tiny_dataset):
+    from ple_adatt.launch.benchmark import step_time_modes
+
+    cfg = load_config("configs/smoke/tiny.yaml", [f"dataset={tiny_dataset}", "model.arch=ple_hetero",
+                                                  "model.experts.use=[mlp]", "train.batch_size=32"])
+    out = step_time_modes(cfg, fit_preprocessing(cfg.dataset), steps=1, rounds=1)
+    assert out["steps_per_mode"] == 1
+    assert out["ratio_looped_vs_batched"]["cpu"] == pytest.approx(
+        out["looped_step_s"]["cpu"] / out["batched_step_s"]["cpu"], rel=1e-2, abs=1e-3)
+    plain = load_config("configs/smoke/tiny.yaml", [f"dataset={tiny_dataset}"])  # arch ple: nothing stacked
+    with pytest.raises(ValueError, match="no stacked per-task blocks"):
+        step_time_modes(plain, fit_preprocessing(plain.dataset), steps=1, rounds=1)
+
+
+def test_auc_error_mode_compares_histogram_and_exact_auc(tiny_dataset):
+    from ple_adatt.launch.benchmark import histogram_auc_error
+
+    cfg = load_config("configs/smoke/tiny.yaml", [f"dataset={tiny_dataset}", "train.batch_size=64"])
+    out = histogram_auc_error(cfg, fit_preprocessing(cfg.dataset), train_steps=2)
+    assert out["per_task"] and out["max_abs_diff_auc"] <= out["max_bound"] + 1e-9
+
+
+def test_rss_sampler_sees_this_process_and_its_children():
+    import subprocess
+    import sys
+
+    from ple_adatt.launch.memory import TreeRssSampler
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = b\"x\" * (200 * 2**20); time.sleep(1.5)"])
+    with TreeRssSampler(interval=0.1) as rss:
+        child.wait()
+    peaks = rss.peaks_mb()
+    assert peaks["tree"] >= 200 and peaks["root"] > 0  # the child's 200 MiB counted
+    assert peaks["workers"] == 0  # no Ray worker here

@@ -440,13 +440,18 @@ class TrainConfig(Section):
     """Seeds model init, data shuffling and dropout (a resumed run draws the same numbers)."""
     amp: Literal["auto", "off", "bf16"] = "auto"
     """auto = bf16 autocast on GPU, off on CPU."""
+    compile: bool = False
+    """torch.compile the model in place on each worker (keeps state_dict keys); GPU-oriented: on CPU
+    the first steps pay minutes of compilation for little gain (docs/performance.md)."""
     shuffle_buffer: int = Field(4096, ge=0)
     """Rows in the per-worker local shuffle buffer (seeded per epoch); 0 disables shuffling."""
-    cache_train: bool = False
-    """Materialise the packed train split in the Ray object store once (fast epochs for data that
-    fits in it); default streams from parquet every epoch, for tables larger than memory."""
-    cache_val: bool = True
-    """Materialise the packed validation split once (it is read by every rank every epoch)."""
+    cache_train: bool | Literal["auto"] = "auto"
+    """Materialise the packed train split in the Ray object store once (fast epochs) or stream it
+    from parquet every epoch (tables larger than memory); auto = cache when the packed split is
+    estimated to fit in a fraction of the object store (launch/fit.py, said in the log)."""
+    cache_val: bool | Literal["auto"] = "auto"
+    """Materialise the packed validation split once (it is read by every rank every epoch); auto
+    as for cache_train."""
     max_nonfinite_in_row: int = Field(20, ge=1)
     """Abort after this many consecutive batches with a non-finite loss (each is skipped)."""
     checkpoint_metric: str = "val/loss"

@@ -90,7 +90,10 @@ def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> Preprocess
         name: [Counter() for _ in g.columns] for name, g in spec.groups.items() if g.kind == "categorical"
     }
     rows = 0
-    scanner = parquet_dataset(files).scanner(columns=cols, batch_size=batch_rows)
+    # No read-ahead: pyarrow's defaults decode up to 16 batches of 4 files ahead, which made the
+    # driver's peak grow with the table (issue 16); one batch at a time keeps it bounded.
+    scanner = parquet_dataset(files).scanner(columns=cols, batch_size=batch_rows, batch_readahead=0,
+                                             fragment_readahead=0)
     for batch in scanner.to_batches():
         rows += batch.num_rows
         for name, g in spec.groups.items():

@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import shutil
 import tempfile
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -362,11 +363,13 @@ def _fingerprint(cfg: GeneratorConfig, rows: int, seed: int) -> str:
 
 
 def generate(config: GeneratorConfig | dict | str | Path, rows: int, out_dir: str | Path, seed: int | None = None,
-             overwrite: bool = False, chunk_rows: int | None = None, workers: int = 1) -> Path:
+             overwrite: bool = False, chunk_rows: int | None = None, workers: int = 1, ray_tasks: bool = False) -> Path:
     """Write train/ val/ [test/] parquet shards + dataset.yaml into out_dir; return the YAML path.
 
     config: GeneratorConfig, a dict, or a YAML path. seed: overrides config.seed. workers > 1
     draws blocks in that many processes (same bytes as workers=1: rows depend on block index only).
+    ray_tasks: one Ray task per chunk of ~chunk_rows rows (``_write_ray``; joins or starts Ray), each
+    writing its own part files; the files do not depend on how many CPUs Ray has.
     An out_dir holding the same dataset (same fingerprint) is left as is; a different
     non-empty out_dir is refused unless overwrite=True. Writes go to a temp dir, then rename.
     """
@@ -391,6 +394,8 @@ def generate(config: GeneratorConfig | dict | str | Path, rows: int, out_dir: st
             raise FileExistsError(f"{out_dir} already holds {'a different dataset' if marker.exists() else 'files'}"
                                   f"; pass overwrite=True (--overwrite) to replace it")
     with threadpool_limits(1):       # per-block matrices are small; threads only add contention
+        if ray_tasks:
+            return _write_ray(cfg, seed, sizes, rows, out_dir, chunk_rows, fp)
         return _write(cfg, seed, sizes, rows, out_dir, chunk_rows, fp, workers)
 
 
@@ -452,6 +457,72 @@ def _write(cfg: GeneratorConfig, seed: int, sizes: dict[str, int], rows: int, ou
     finally:
         for w in writers.values():   # after a failure: release file handles, then drop the partial output
             w.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / "dataset.yaml"
+
+
+def _chunk_files(gen: _Generator, chunk: int, blocks: range, bounds: dict[str, tuple[int, int]], rows: int,
+                 folder: str, row_group_rows: int) -> dict[str, int]:
+    """Blocks ``blocks`` as one part file per split they touch, ``<folder>/<split>/part-<chunk>.parquet``;
+    returns rows written per split. Pure function of (generator, chunk, blocks): any task may run it."""
+    with threadpool_limits(1):
+        parts: dict[str, list[pa.Table]] = {}
+        for b in blocks:
+            t, lo = gen.table(b), b * BLOCK_ROWS
+            for split, (a, z) in bounds.items():
+                a, z = max(a, lo), min(z, lo + BLOCK_ROWS, rows)
+                if a < z:
+                    parts.setdefault(split, []).append(t.slice(a - lo, z - a))
+        written = {}
+        for split, tables in parts.items():
+            t = pa.concat_tables(tables)
+            pq.write_table(t, Path(folder) / split / f"part-{chunk:05d}.parquet", compression="zstd",
+                           row_group_size=row_group_rows)
+            written[split] = t.num_rows
+        return written
+
+
+def _write_ray(cfg: GeneratorConfig, seed: int, sizes: dict[str, int], rows: int, out_dir: Path, chunk_rows: int,
+               fp: str) -> Path:
+    """Chunks of ceil(chunk_rows / BLOCK_ROWS) blocks as Ray tasks (1 CPU each) writing their part files
+    into the new dataset folder: the driver only fits the generator (fixed-size GMM sample) and
+    waits. Same rows as ``_write`` (rows depend on the block index only); the file layout depends
+    on chunk_rows, never on the number of CPUs. The folder must be visible to every task's node
+    (one machine, or a shared filesystem)."""
+    import ray
+
+    gen = _Generator(cfg, seed, sizes["train"])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))  # new: never a user's folder
+    bounds, start = {}, 0
+    for split, n in sizes.items():
+        bounds[split], start = (start, start + n), start + n
+        (tmp / split).mkdir(parents=True)
+    try:
+        if not ray.is_initialized():
+            ray.init(log_to_driver=True)
+        per_chunk = -(-chunk_rows // BLOCK_ROWS)
+        n_blocks = -(-rows // BLOCK_ROWS)
+        task = ray.remote(num_cpus=1)(_chunk_files)
+        t0 = time.perf_counter()
+        gen_ref = ray.put(gen)
+        refs = [task.remote(gen_ref, c, range(b, min(b + per_chunk, n_blocks)), bounds, rows, str(tmp), chunk_rows)
+                for c, b in enumerate(range(0, n_blocks, per_chunk))]
+        written: dict[str, int] = {}
+        for part in ray.get(refs):
+            for split, n in part.items():
+                written[split] = written.get(split, 0) + n
+        if written != {k: v for k, v in sizes.items() if v}:
+            raise RuntimeError(f"generation wrote {written} rows per split, expected {sizes}")
+        took = time.perf_counter() - t0
+        print(f"[generate] {rows:,} rows by {len(refs)} Ray tasks on {ray.cluster_resources().get('CPU', 0):.0f} CPUs "
+              f"in {took:.1f} s ({rows / took:,.0f} rows/s, generator fit excluded)", flush=True)
+        (tmp / "dataset.yaml").write_text(dataset_yaml(cfg, has_test="test" in sizes))
+        (tmp / "generator.json").write_text(json.dumps(
+            {"fingerprint": fp, "rows": rows, "seed": seed, "splits": sizes, "block_rows": BLOCK_ROWS,
+             "config": cfg.model_dump()}, indent=2))
+        _swap_in(tmp, out_dir)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / "dataset.yaml"
 

@@ -126,11 +126,19 @@ def build_datasets(cfg: ExperimentConfig, state: PreprocessState, splits=("train
     return out
 
 
-def _maybe_cached(cfg: ExperimentConfig, datasets: dict) -> dict:
+def _maybe_cached(cfg: ExperimentConfig, datasets: dict, state: PreprocessState, rows: dict[str, int],
+                  verbose: bool = True) -> dict:
     """Per-epoch streaming re-executes the pipeline (seconds of fixed cost on small machines);
-    small splits can be packed once into the object store instead (train.cache_*)."""
-    cache = {"train": cfg.train.cache_train, "val": cfg.train.cache_val}
-    return {k: ds.materialize() if cache.get(k) else ds for k, ds in datasets.items()}
+    small splits can be packed once into the object store instead (train.cache_*; "auto" decides
+    from the split's size and the object store: launch/caching.py), and the choice is logged."""
+    from ple_adatt.launch.caching import cache_plan
+
+    plan = cache_plan(cfg, state, rows, ray.cluster_resources().get("object_store_memory", 0.0))
+    if verbose:
+        for split, (cache, why) in plan.items():
+            print(f"[ple-adatt] {split} split: {'cached in the object store' if cache else 'streamed every epoch'} "
+                  f"({why})", flush=True)
+    return {k: ds.materialize() if plan[k][0] else ds for k, ds in datasets.items()}
 
 
 def storage_dir(cfg: ExperimentConfig) -> str:
@@ -201,7 +209,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
                                                checkpoint_score_order=cfg.train.checkpoint_mode),
             callbacks=list(callbacks or []),
             logging_config=LoggingConfig(log_level="WARNING")),  # our loop prints one line per epoch
-        datasets=_maybe_cached(cfg, build_datasets(cfg, state)),
+        datasets=_maybe_cached(cfg, build_datasets(cfg, state), state, rows, verbose),
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=exec_opts, enable_shard_locality=False),
     )
     try:

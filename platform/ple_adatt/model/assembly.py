@@ -5,6 +5,9 @@
           -> LogitTransfer along the task DAG, in Kahn order                   h_t += a*SiLU(LN(W y_s))
           -> towers (TaskTower logits; ContrastiveTower similarities / tau)    {task: logits}
 
+The towers of one DAG level run as one stacked matmul per layer (``batched``; model/towers.py
+stacked_towers): the same parameters and math as the per-task loop (``batched = False``).
+
 Without the basket, a task's tower reads its gated representation concatenated with its HMM
 projection; with `basket_skip` it reads that and the basket output side by side. Blocks are built
 elsewhere (train/build.py) and passed in: composition, no config here.
@@ -17,6 +20,17 @@ import torch
 from torch import Tensor, nn
 
 from ple_adatt.model.shared_side import SharedExtractor
+from ple_adatt.model.towers import stackable_groups, stacked_towers, tower_signature
+
+
+def transfer_levels(order: Sequence[str], sources: Mapping[str, Sequence[tuple[str, float]]]) -> list[list[str]]:
+    """Tasks by depth in the logit-transfer DAG (``order`` is a topological order; ``sources``: task
+    -> [(source, alpha)]): level 0 has no sources, level k's deepest source is at k - 1. Towers of
+    one level do not read each other, so they can run as one stacked operation."""
+    depth: dict[str, int] = {}
+    for t in order:
+        depth[t] = 1 + max((depth[s] for s, _ in sources.get(t, ())), default=-1)
+    return [[t for t in order if depth[t] == d] for d in range(max(depth.values(), default=-1) + 1)]
 
 
 class HeteroPLE(nn.Module):
@@ -29,6 +43,8 @@ class HeteroPLE(nn.Module):
         self.basket_skip = basket_skip
         self.tasks = list(tasks)
         self.order = list(transfer.order) if transfer is not None else self.tasks
+        self.batched = True  # towers of one DAG level run stacked; False: the reference loop (same math)
+        self.levels = transfer_levels(self.order, transfer.sources if transfer is not None else {})
 
     def task_inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{task: [B, D_in(tower)]}: the representation each tower (after logit transfer) reads."""
@@ -48,9 +64,19 @@ class HeteroPLE(nn.Module):
         if self.sidecars is not None:  # evidential heads read the tower inputs, the SAE the shared experts
             self.sidecars(h, self.shared_representation())
         logits: dict[str, Tensor] = {}
-        for t in self.order:  # sources before targets, so transfer sees their logits
-            x = self.transfer(t, h[t], logits) if self.transfer is not None else h[t]
-            logits[t] = self.towers[t](x)
+        if not self.batched:
+            for t in self.order:  # sources before targets, so transfer sees their logits
+                x = self.transfer(t, h[t], logits) if self.transfer is not None else h[t]
+                logits[t] = self.towers[t](x)
+            return {t: logits[t] for t in self.tasks}
+        signatures = {t: tower_signature(self.towers[t]) for t in self.tasks}
+        for level in self.levels:  # a level's sources are all in earlier levels
+            xs = {t: self.transfer(t, h[t], logits) if self.transfer is not None else h[t] for t in level}
+            for group in stackable_groups(signatures, level):
+                if len(group) == 1:
+                    logits[group[0]] = self.towers[group[0]](xs[group[0]])
+                else:
+                    logits.update(zip(group, stacked_towers([self.towers[t] for t in group], [xs[t] for t in group])))
         return {t: logits[t] for t in self.tasks}
 
     def aux_losses(self) -> dict[str, Tensor]:

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ple_adatt.model.layers import mlp
-from ple_adatt.model.towers import activate
+from ple_adatt.model.layers import mlp, mlp_signature, stacked_mlp
+from ple_adatt.model.towers import activate, stackable_groups
 
 
 def _cluster_embedding(
@@ -90,6 +90,7 @@ class GroupTaskExpertBasket(nn.Module):
                 for g, d in widths.items()
             }
         )
+        self.batched = True  # all tasks' encoder calls as one stacked operation; False: the reference loop
 
     def forward(
         self,
@@ -101,11 +102,23 @@ class GroupTaskExpertBasket(nn.Module):
         """task_reprs: task -> [B, D_t]; hmm: mode -> [B, H]; cluster_probs [B, K] (soft) or
         cluster_ids [B] (hard, only used when cluster_probs is None). Returns task -> [B, O]."""
         e = None if self.cluster_embed is None else _cluster_embedding(self.cluster_embed, cluster_probs, cluster_ids)
+        xs = {task: torch.cat([h, *_hmm_slice(self, task, h, hmm), *([e] if e is not None else [])], dim=-1)
+              for task, h in task_reprs.items()}
+        if not self.batched:
+            return {task: self.encoders[self.task_groups[task]](x) for task, x in xs.items()}
+        # every task's encoder call (shared within a group) stacked into one matmul per layer
+        signatures = {task: _with_width(mlp_signature(self.encoders[self.task_groups[task]]), x.shape[-1])
+                      for task, x in xs.items()}
         out = {}
-        for task, h in task_reprs.items():
-            parts = [h, *_hmm_slice(self, task, h, hmm), *([e] if e is not None else [])]
-            out[task] = self.encoders[self.task_groups[task]](torch.cat(parts, dim=-1))
+        for tasks in stackable_groups(signatures, list(xs)):
+            encoders = [self.encoders[self.task_groups[t]] for t in tasks]
+            y = stacked_mlp(encoders, torch.stack([xs[t] for t in tasks]))                 # [T, B, O]
+            out.update({t: y[i] for i, t in enumerate(tasks)})
         return out
+
+
+def _with_width(signature: tuple | None, width: int) -> tuple | None:
+    return None if signature is None else (*signature, ("input", width))
 
 
 def _hmm_slice(

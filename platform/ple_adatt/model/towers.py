@@ -6,13 +6,13 @@ the prediction a user (or logit transfer, spec §5.2) sees.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple_adatt.model.layers import mlp
+from ple_adatt.model.layers import mlp, mlp_signature, stacked_mlp
 
 TASK_TYPES = ("binary", "multiclass", "regression", "contrastive")
 
@@ -94,3 +94,42 @@ class ContrastiveTower(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.embed(h) @ self.keys().T / self.tau  # [B, M] x [M, N] -> [B, N]
+
+
+
+def tower_signature(tower: nn.Module) -> tuple | None:
+    """What towers must share to run as one stacked operation (None: not stackable): the TaskTower
+    class itself, its body's layers (model/layers.mlp_signature) and its head's input width."""
+    if type(tower) is not TaskTower:
+        return None
+    body = mlp_signature(tower.body)
+    return None if body is None else (*body, ("head", tower.head.in_features))
+
+
+def stackable_groups(signatures: Mapping[str, tuple | None], tasks: Sequence[str]) -> list[list[str]]:
+    """``tasks`` split into groups with one signature (``tower_signature`` or ``mlp_signature``),
+    in ``tasks`` order; a task whose signature is None is a group of one."""
+    groups: dict[tuple, list[str]] = {}
+    out: list[list[str]] = []
+    for t in tasks:
+        sig = signatures[t]
+        if sig is None:
+            out.append([t])
+        elif sig in groups:
+            groups[sig].append(t)
+        else:
+            groups[sig] = [t]
+            out.append(groups[sig])
+    return out
+
+
+def stacked_towers(towers: Sequence[TaskTower], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """[towers[i](xs[i]) for i] as one batched matmul per layer (model/layers.stacked_mlp); heads of
+    different widths are zero-padded to the widest and sliced back. xs[i]: [B, D]; returns what each
+    TaskTower returns ([B] or [B, C])."""
+    x = stacked_mlp([t.body for t in towers], torch.stack(list(xs)))                          # [T, B, H]
+    width = max(t.out_dim for t in towers)
+    w = torch.stack([F.pad(t.head.weight, (0, 0, 0, width - t.out_dim)) for t in towers])   # [T, C_max, H]
+    b = torch.stack([F.pad(t.head.bias, (0, width - t.out_dim)) for t in towers])            # [T, C_max]
+    y = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))                                  # [T, B, C_max]
+    return [y[i, :, 0] if t.out_dim == 1 else y[i, :, : t.out_dim] for i, t in enumerate(towers)]

@@ -18,6 +18,11 @@ from scipy import stats
 from ple_adatt.train.metrics import sigmoid, softmax
 
 
+def ece_bins(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Confidence [N] in [0, 1] -> equal-width bin index [N] (conf = 1.0 falls into the last bin)."""
+    return np.minimum((np.asarray(confidence, float) * bins).astype(int), bins - 1)
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
     """ECE (Guo et al., 2017): Σ_b |B_b|/N · |acc(B_b) − conf(B_b)| over equal-width confidence bins.
 
@@ -25,7 +30,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
     if confidence.size == 0:
         return float("nan")
-    idx = np.minimum((confidence * bins).astype(int), bins - 1)  # conf = 1.0 falls into the last bin
+    idx = ece_bins(confidence, bins)
     ece = 0.0
     for b in range(bins):
         sel = idx == b

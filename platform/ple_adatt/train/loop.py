@@ -3,7 +3,7 @@
     [1] config + preprocessing state   [2] model, optimizer, schedule (+ resume: restore_checkpoint)
     [3] epochs: training phase and trainable set (train/trainable.py) -> shuffled shard -> one step
         per batch (train/step.py)
-    [4] validation on every rank's share, gathered to rank 0 -> metrics -> report + checkpoint
+    [4] validation on every rank's share, merged by one all-reduce -> metrics -> report + checkpoint
 """
 from __future__ import annotations
 
@@ -19,18 +19,15 @@ import torch.distributed as dist
 
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.preprocess import PreprocessState, input_shapes
-from ple_adatt.data.targets import to_original_units
 from ple_adatt.tracking.mlflow_tracking import make_logger
 from ple_adatt.train.build import build_adatt, build_model, build_weighting, set_schedule_position
-from ple_adatt.train.calibration import calibration_metrics
 from ple_adatt.train.checkpoint import load_model_weights, load_state, save_checkpoint
 from ple_adatt.train.diagnostics import (log_adatt_diagnostics, log_diagnostics_table, log_gate_diagnostics,
                                          log_sae_dictionary)
-from ple_adatt.train.evaluate import predict_distributed
-from ple_adatt.train.metrics import evaluate_predictions
-from ple_adatt.train.monitor import collapse_flags, collapsed_tasks, prediction_spreads, shared_decision, should_stop
+from ple_adatt.train.evaluate import validate_streaming
+from ple_adatt.train.monitor import collapse_flags, collapsed_tasks, shared_decision, should_stop
 from ple_adatt.train.reporting import EpochProgress, for_mlflow, for_report, quiet_logs, say
-from ple_adatt.train.step import NonFiniteLossError, Trainer, validation_loss
+from ple_adatt.train.step import NonFiniteLossError, Trainer
 from ple_adatt.train.trainable import TrainableSet, begin_epoch, phase_optimizer
 
 
@@ -106,12 +103,13 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     logger = make_logger(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
     tasks, t_cfg = cfg.task_names(), cfg.train
-    task_types = {t: cfg.dataset.task(t).type for t in tasks}
     total_epochs = cfg.total_epochs()
 
     # [2] model, loss weighting, adaTT, optimizer, schedule; resume from the latest checkpoint
     torch.manual_seed(t_cfg.seed)
     raw_model = build_model(cfg, input_shapes(cfg.dataset, state), state.cluster_k, targets=state.targets)
+    if t_cfg.compile:  # in place: state_dict keys (checkpoints) stay those of the plain module
+        raw_model.compile()
     weighting, adatt = build_weighting(cfg), build_adatt(cfg)
     steps = steps_per_epoch(config["train_rows"], world, t_cfg.batch_size)
     phase = 1
@@ -176,9 +174,10 @@ def train_loop_per_worker(config: dict) -> None:
                 progress.update(n_rows)
         train_time = time.perf_counter() - t0
 
-        # [4] validation: rank r scores batches i with i % world == r; predictions gathered on rank 0
-        preds = predict_distributed(raw_model, val_iter.iter_torch_batches(batch_size=4096, prefetch_batches=2),
-                                    tasks, device, rank, world, cfg=cfg)
+        # [4] validation: rank r scores batches i with i % world == r; sufficient statistics and score
+        # histograms merged by one all-reduce (memory bounded whatever the split's size)
+        val = validate_streaming(raw_model, val_iter.iter_torch_batches(batch_size=4096, prefetch_batches=2),
+                                 cfg, device, rank, world, targets=state.targets)
         sums = _all_reduce_sum([n_rows, n_batches, skipped_total] + [loss_sums[t] for t in tasks], world)
         g_rows, g_batches, g_skipped = sums[0], max(1.0, sums[1]), sums[2]
         metrics = {"epoch": epoch, "phase": phase, "world_size": world, "train/samples_per_s": g_rows / max(train_time, 1e-9),
@@ -193,13 +192,8 @@ def train_loop_per_worker(config: dict) -> None:
         weighting.on_epoch_end({t: metrics[f"train/{t}/loss"] for t in tasks})  # identical on every rank
         metrics.update({f"weight/{t}": w for t, w in weighting.weights().items()})
         if rank == 0:
-            metrics.update({f"val/{k}": v for k, v in validation_loss(cfg, preds).items()})
-            # the loss in the units it trains in; metrics in the label's original units
-            metrics.update({f"val/{k}": v for k, v in evaluate_predictions(
-                task_types, to_original_units(preds, state.targets)).items()})
-            metrics.update({f"val/{k}": v for k, v in prediction_spreads(task_types, preds).items()})
-            metrics.update({f"val/{k}": v for k, v in calibration_metrics(task_types, preds,
-                                                                          cfg.model.evidential.interval).items()})
+            # loss and spreads in the units the model trains in; metrics in the label's original units
+            metrics.update({f"val/{k}": v for k, v in val.items()})
             metrics.update(collapse_flags(task_types, metrics))
             collapsed = collapsed_tasks(task_types, metrics)
             elapsed = time.perf_counter() - run_start

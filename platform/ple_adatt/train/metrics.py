@@ -110,6 +110,12 @@ def task_metrics(task_type: str, logits: np.ndarray, y: np.ndarray, oracle: np.n
     else:
         m = regression_metrics(logits, y)
         o = regression_metrics(oracle, y) if oracle is not None else None
+    return with_oracle(m, o)
+
+
+def with_oracle(m: dict[str, float], o: dict[str, float] | None) -> dict[str, float]:
+    """The model's metrics plus, with the oracle's, `oracle_<k>` and `oracle_gap_<k>` (one home for
+    the gap's definition: the exact and the streaming paths both call it)."""
     if o is not None:
         for k, v in o.items():
             m[f"oracle_{k}"] = v
@@ -119,8 +125,7 @@ def task_metrics(task_type: str, logits: np.ndarray, y: np.ndarray, oracle: np.n
 
 def evaluate_predictions(task_types: dict[str, str], preds: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
     """preds[task] = {"logits", "label", "mask", optional "oracle"} -> flat metric dict."""
-    out: dict[str, float] = {}
-    per_type: dict[str, dict[str, list[float]]] = {}
+    per_task: dict[str, tuple[float, dict[str, float]]] = {}
     for task, ttype in task_types.items():
         p = preds[task]
         mask = p["mask"].astype(bool)
@@ -131,8 +136,18 @@ def evaluate_predictions(task_types: dict[str, str], preds: dict[str, dict[str, 
             oracle = oracle[mask]
             if np.isnan(oracle).any():
                 oracle = None
-        m = task_metrics(ttype, p["logits"][mask], p["label"][mask], oracle)
-        out[f"{task}/n"] = float(mask.sum())
+        per_task[task] = (float(mask.sum()), task_metrics(ttype, p["logits"][mask], p["label"][mask], oracle))
+    return flat_metrics(task_types, per_task)
+
+
+def flat_metrics(task_types: dict[str, str], per_task: dict[str, tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """{task: (labelled rows, task_metrics)} -> `<task>/n`, `<task>/<metric>` and the per-type means
+    `avg/<type>/<metric>` (NaN and oracle entries left out of the means)."""
+    out: dict[str, float] = {}
+    per_type: dict[str, dict[str, list[float]]] = {}
+    for task, (n, m) in per_task.items():
+        ttype = task_types[task]
+        out[f"{task}/n"] = n
         for k, v in m.items():
             out[f"{task}/{k}"] = v
             if not k.startswith("oracle") and not math.isnan(v):
@@ -171,3 +186,50 @@ def check_checkpoint_metric(cfg) -> None:
         close = difflib.get_close_matches(want, names, n=5, cutoff=0.6)
         raise ValueError(f"train.checkpoint_metric={want!r} is not a metric this config reports; "
                          f"{'close matches: ' + ', '.join(close) if close else 'e.g. ' + ', '.join(names[:6])}")
+
+
+# ---- Streaming forms (validation without holding the split; docs/streaming-metrics.md) -------------
+SCORE_BINS = 1 << 14
+"""Histogram bins for AUC / PR-AUC: uniform on the logit scale over [-SCORE_RANGE, SCORE_RANGE]."""
+SCORE_RANGE = 16.0
+"""Half-width of the binned logit range; scores beyond it share the end bins (the error bound counts
+them: ties in a bin are what the bound is made of). 16 ~ logit(1 - 1e-7), the oracle clip."""
+
+
+def score_bins(logits: np.ndarray, bins: int = SCORE_BINS) -> np.ndarray:
+    """Logits [N] -> bin index [N] in [0, bins): monotone, so ranks are kept up to ties within a bin."""
+    width = 2 * SCORE_RANGE / bins
+    idx = np.floor((np.nan_to_num(logits, nan=0.0) + SCORE_RANGE) / width)
+    return np.clip(idx, 0, bins - 1).astype(np.int64)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def histogram_auc(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float, float, float]:
+    """(AUC, PR-AUC, bound on |AUC - exact|, bound on |PR-AUC - exact|) from per-bin positive and
+    negative counts [bins] (ascending score). Rows in one bin count as tied, as sklearn counts tied
+    scores: AUC gives a tied (positive, negative) pair 1/2, average precision takes one threshold
+    per bin. Only pairs inside a bin can differ from the exact ranking, hence the bounds:
+    AUC: 1/2 Σ_b pos_b neg_b / (P N); PR-AUC: Σ_b pos_b/P × (largest - smallest precision any
+    positive of bin b could have had at its exact threshold)."""
+    pos, neg = pos.astype(np.float64), neg.astype(np.float64)
+    p_tot, n_tot = pos.sum(), neg.sum()
+    if p_tot == 0 or n_tot == 0:
+        return math.nan, math.nan, 0.0, 0.0
+    neg_below = np.cumsum(neg) - neg
+    auc = float((pos * (neg_below + 0.5 * neg)).sum() / (p_tot * n_tot))
+    auc_bound = float(0.5 * (pos * neg).sum() / (p_tot * n_tot))
+    # descending score: true/false positives before each bin (tp0, fp0) and after it (tp, fp)
+    pos_d, neg_d = pos[::-1], neg[::-1]
+    tp, fp = np.cumsum(pos_d), np.cumsum(neg_d)
+    tp0, fp0 = tp - pos_d, fp - neg_d
+    has = pos_d > 0
+    prec = tp[has] / (tp[has] + fp[has])
+    ap = float((pos_d[has] / p_tot * prec).sum())
+    hi = tp[has] / (tp[has] + fp0[has])
+    lo = (tp0[has] + 1) / (tp0[has] + 1 + fp[has])
+    ap_bound = float((pos_d[has] / p_tot * (hi - lo)).sum())
+    return auc, ap, auc_bound, ap_bound
