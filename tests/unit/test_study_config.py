@@ -77,6 +77,7 @@ def test_every_bad_variant_is_reported_by_name(tmp_path):
     ({"variants": {"ple": [], "click_only": ["active_tasks=[click]"]}}, "variants must train the same tasks"),
     ({"correction": "bonferroni"}, "correction"),
     ({"variants": {"ple": [], "a b": []}}, "variants.a b: names use letters"),
+    ({"overrides": ["train.checkpoint_metric=val/los"]}, "train.checkpoint_metric='val/los' is not a metric"),
 ])
 def test_bad_studies_fail_before_ray(tmp_path, over, needle):
     assert needle in _problems(_study(tmp_path, **over))

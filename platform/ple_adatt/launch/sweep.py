@@ -25,7 +25,7 @@ from ple_adatt.config.loading import ConfigError, apply_overrides, load_config_d
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.config.paths import resolve_dataset_overrides
 from ple_adatt.config.sweeps import base_path
-from ple_adatt.train.metrics import METRICS_BY_TYPE
+from ple_adatt.train.metrics import METRICS_BY_TYPE, check_checkpoint_metric
 
 # ============================================================================ loading
 
@@ -55,10 +55,15 @@ def load_base(config_path: str | Path, base: str, overrides: list[str], problems
         return None, None
     data = apply_overrides(data, overrides, problems)
     try:
-        return data, validate(data, ExperimentConfig, str(path))
+        cfg = validate(data, ExperimentConfig, str(path))
     except ConfigError as e:
         problems += [f"{prefix} ({path}): {p}" for p in e.problems]
         return data, None
+    try:  # a metric the runs will never report: every trial would fail after its first epoch
+        check_checkpoint_metric(cfg)
+    except ValueError as e:
+        problems.append(f"{prefix} ({path}): {e}")
+    return data, cfg
 
 
 def clean_problems(problems: list[str]) -> list[str]:
