@@ -276,8 +276,9 @@ def step_time_modes(cfg: ExperimentConfig, state, steps: int = 12, rounds: int =
 
 
 def _rounded(x):
+    """Floats to 6 significant digits (decimal places would erase millisecond step times)."""
     if isinstance(x, float):
-        return round(x, 4)
+        return float(f"{x:.6g}")
     if isinstance(x, dict):
         return {k: _rounded(v) for k, v in x.items()}
     if isinstance(x, list):
