@@ -103,6 +103,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     logger = make_logger(config.get("tracking_uri"), config.get("mlflow_run_id"), rank)
     tasks, t_cfg = cfg.task_names(), cfg.train
+    task_types = {t: cfg.dataset.task(t).type for t in tasks}
     total_epochs = cfg.total_epochs()
 
     # [2] model, loss weighting, adaTT, optimizer, schedule; resume from the latest checkpoint
