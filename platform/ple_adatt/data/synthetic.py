@@ -449,11 +449,7 @@ def _write(cfg: GeneratorConfig, seed: int, sizes: dict[str, int], rows: int, ou
         for w in writers.values():
             w.flush()
             w.close()
-        (tmp / "dataset.yaml").write_text(dataset_yaml(cfg, has_test="test" in sizes))
-        (tmp / "generator.json").write_text(json.dumps(
-            {"fingerprint": fp, "rows": rows, "seed": seed, "splits": sizes, "block_rows": BLOCK_ROWS,
-             "config": cfg.model_dump()}, indent=2))
-        _swap_in(tmp, out_dir)
+        _finish(cfg, fp, rows, seed, sizes, tmp, out_dir)
     finally:
         for w in writers.values():   # after a failure: release file handles, then drop the partial output
             w.close()
@@ -517,14 +513,20 @@ def _write_ray(cfg: GeneratorConfig, seed: int, sizes: dict[str, int], rows: int
         took = time.perf_counter() - t0
         print(f"[generate] {rows:,} rows by {len(refs)} Ray tasks on {ray.cluster_resources().get('CPU', 0):.0f} CPUs "
               f"in {took:.1f} s ({rows / took:,.0f} rows/s, generator fit excluded)", flush=True)
-        (tmp / "dataset.yaml").write_text(dataset_yaml(cfg, has_test="test" in sizes))
-        (tmp / "generator.json").write_text(json.dumps(
-            {"fingerprint": fp, "rows": rows, "seed": seed, "splits": sizes, "block_rows": BLOCK_ROWS,
-             "config": cfg.model_dump()}, indent=2))
-        _swap_in(tmp, out_dir)
+        _finish(cfg, fp, rows, seed, sizes, tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / "dataset.yaml"
+
+
+def _finish(cfg: GeneratorConfig, fp: str, rows: int, seed: int, sizes: dict[str, int], tmp: Path,
+            out_dir: Path) -> None:
+    """The dataset YAML and the generator's record beside the part files, then the folder swapped in."""
+    (tmp / "dataset.yaml").write_text(dataset_yaml(cfg, has_test="test" in sizes))
+    (tmp / "generator.json").write_text(json.dumps(
+        {"fingerprint": fp, "rows": rows, "seed": seed, "splits": sizes, "block_rows": BLOCK_ROWS,
+         "config": cfg.model_dump()}, indent=2))
+    _swap_in(tmp, out_dir)
 
 
 def _validate(raw: dict) -> GeneratorConfig:
