@@ -65,7 +65,7 @@ def spawn(fn, world: int, *args, timeout: float = 120.0) -> list:
                 for proc in ctx.processes:
                     proc.kill()
                 raise TimeoutError(f"gloo workers did not finish within {timeout:.0f} s")
-        return [torch.load(f"{out}.{r}", weights_only=False) for r in range(world)]
+        return [torch.load(f"{out}.{r}", weights_only=True) for r in range(world)]
 
 
 def load_setup(dataset: Path | str, overrides: list[str], rows: int):

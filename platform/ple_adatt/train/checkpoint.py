@@ -139,7 +139,7 @@ def load_state(directory: str | Path) -> dict[str, Any]:
         found = re.search(r"Unsupported (?:global|operand)[^.]*", str(e))  # torch's advice to unpickle is not repeated
         raise CheckpointError(f"checkpoint {directory}: {STATE_FILE} holds something other than tensors and "
                               f"plain values, refused without running it ({found.group(0) if found else type(e).__name__})"
-                              f"; do not load it with weights_only=False unless you wrote it") from None
+                              f"; a state.pt must hold only tensors: retrain or re-save it with this version") from None
     meta = json.loads(raw[META_FILE])
     state["extra"] = {**state.get("extra", {}), **meta.get("extra", {})}
     state["epoch"], state["history"] = meta["epoch"], meta["history"]
