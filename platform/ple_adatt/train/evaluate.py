@@ -251,8 +251,8 @@ class StreamingValidation:
 def validate_streaming(raw_model, batches, cfg, device, rank: int = 0, world: int = 1,
                        bins: int = SCORE_BINS, targets: dict[str, dict] | None = None) -> dict[str, float]:
     """Validation metrics over ``batches`` on ``world`` ranks (rank r scores batches i % world == r),
-    merged with one all-reduce; every rank returns the same dict. Runs the unwrapped module (see
-    predict_distributed)."""
+    merged with one all-reduce; every rank returns the same dict. Runs the unwrapped module: the
+    ranks score different batches, and DDP's forward would wait for a collective the others never join."""
     raw_model.eval()
     acc = StreamingValidation(cfg, bins, targets)
     side = sidecars_of(raw_model)

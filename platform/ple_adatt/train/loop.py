@@ -26,7 +26,7 @@ from ple_adatt.train.diagnostics import (log_adatt_diagnostics, log_diagnostics_
                                          log_sae_dictionary)
 from ple_adatt.train.evaluate import validate_streaming
 from ple_adatt.train.monitor import collapse_flags, collapsed_tasks, shared_decision, should_stop
-from ple_adatt.train.reporting import EpochProgress, for_mlflow, for_report, quiet_logs, say
+from ple_adatt.train.reporting import EpochProgress, fmt_duration, for_mlflow, for_report, quiet_logs, say
 from ple_adatt.train.step import NonFiniteLossError, Trainer
 from ple_adatt.train.trainable import TrainableSet, begin_epoch, phase_optimizer
 
@@ -86,11 +86,6 @@ def _stops_early(cfg: ExperimentConfig, history: list[dict]) -> bool:
     es = cfg.train.early_stopping
     return es is not None and should_stop(history, cfg.train.checkpoint_metric, cfg.train.checkpoint_mode,
                                           es.patience, es.min_delta)
-
-
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -203,7 +198,7 @@ def train_loop_per_worker(config: dict) -> None:
                                if k.startswith("val/avg/") and k.endswith(("/auc", "/accuracy", "/rmse")))
             say(f"[ple-adatt] epoch {epoch + 1}/{total_epochs} | {metrics['train/samples_per_s']:,.0f} samples/s | "
                 f"train loss {metrics['train/loss']:.4f} | val loss {metrics['val/loss']:.4f} {summary} | "
-                f"eta {_fmt_eta(eta)}")
+                f"eta {fmt_duration(eta)}")
             if collapsed:
                 say("[ple-adatt]   COLLAPSED (validation predictions carry no signal): "
                     + "; ".join(f"{t} ({why})" for t, why in collapsed.items()) + " - see docs/rare-tasks.md")
