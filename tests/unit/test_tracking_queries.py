@@ -47,3 +47,26 @@ def test_queries_and_adatt_diagnostics_on_a_local_store(tmp_path):
     assert set(diag.affinity) == {"ple"}
     mean, tasks = diag.affinity["ple"]
     assert tasks == ["a", "b"] and mean == pytest.approx(np.asarray(affinity["ple"]) * 1.5)  # seeds 0, 1
+
+
+def test_a_trial_run_ends_with_tunes_status_whatever_the_worker_wrote(tmp_path):
+    """Tune's status is the authority for a trial's child run (the CI failure of stop 22: a trial Tune
+    stopped at max_t had its dying worker mark the run FAILED after the closer ended it FINISHED)."""
+    from mlflow.tracking import MlflowClient
+
+    from ple_adatt.launch.trial import close_trial_run, trial_run_name
+
+    uri = mt.resolve_tracking_uri(None, str(tmp_path))
+    ids = {t: mt.start_run(uri, "camp", trial_run_name("camp", t), {})[0] for t in ("a", "b", "c")}
+    mt.RunLogger(uri, ids["a"]).finish("FAILED")  # what a torn-down worker wrote
+    close_trial_run(uri, "camp", "camp", "a", "completed", {"val/loss": 0.5, "epoch": 1})
+    close_trial_run(uri, "camp", "camp", "b", "early_stopped", {"val/loss": 0.7, "epoch": 0})
+    close_trial_run(uri, "camp", "camp", "c", "error", None)
+    client = MlflowClient(uri)
+    got = {t: client.get_run(i) for t, i in ids.items()}
+    assert {t: r.info.status for t, r in got.items()} == {"a": "FINISHED", "b": "KILLED", "c": "FAILED"}
+    assert {t: r.data.tags["tune.status"] for t, r in got.items()} == {
+        "a": "completed", "b": "early_stopped", "c": "error"}
+    # a run still RUNNING gets the last reported metrics as an artifact
+    assert [f.path for f in client.list_artifacts(ids["b"])] == ["final_metrics.json"]
+    close_trial_run(uri, "camp", "camp", "missing", "completed", None)  # no run: nothing to do, no error

@@ -153,8 +153,12 @@ def checkpoint_uri(storage: str, name: str, checkpoint) -> str | None:
 
 
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list | None = None,
-        parent_run_id: str | None = None, verbose: bool = True) -> FitResult:
-    """Train one experiment with Ray Train. Relaunching with the same run name resumes it."""
+        parent_run_id: str | None = None, verbose: bool = True, fail_run_on_error: bool = True) -> FitResult:
+    """Train one experiment with Ray Train. Relaunching with the same run name resumes it.
+
+    fail_run_on_error=False leaves the MLflow run's status to the caller: a Tune trial's run is ended
+    by the driver's RunCloser, and a trial Tune stops at max_t makes trainer.fit() raise here while
+    its controller is torn down, which must not overwrite the closer's FINISHED."""
     # Where results go is checked first: a relative path inside a Ray job, or remote storage
     # without a tracking server, fails before any data is read.
     storage = storage_dir(cfg)
@@ -215,7 +219,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
     try:
         result = trainer.fit()
     except Exception:  # noqa: BLE001 - recorded in MLflow, then re-raised
-        if run_id:
+        if run_id and fail_run_on_error:
             mt.RunLogger(uri, run_id).finish("FAILED")
         raise
     metrics = dict(result.metrics or {})

@@ -115,7 +115,7 @@ def run_trial(config: dict, spec: TrialSpec) -> None:
                      parent_run_id=spec.parent_run_id,
                      tags={**tags, TRIAL_TAG: trial_id, NAME_TAG: spec.name, "dataset": cfg.dataset.name})
     fit(cfg, run_name=run_name, callbacks=[TuneReportCallback()], parent_run_id=spec.parent_run_id,
-        verbose=False)
+        verbose=False, fail_run_on_error=False)  # the RunCloser (driver) ends this run with Tune's status
 
 
 # ----------------------------------------------------------------------------- closing child runs
@@ -125,8 +125,9 @@ MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "KILLED", "error": "F
 
 def close_trial_run(uri: str, experiment: str, name: str, trial_id: str, status: str, last_result: dict | None) -> None:
     """End a trial's MLflow child run with its Tune status: the status tag, the last reported metrics
-    (final_metrics.json) and FINISHED / KILLED / FAILED. A run fit() already closed keeps its status
-    and artifacts (a completed trial logs its own final files)."""
+    (final_metrics.json) and FINISHED / KILLED / FAILED. Tune's status is the authority: a run fit()
+    already ended keeps its artifacts (a completed trial logs its own final files) but takes this
+    status if it differs."""
     import tempfile
     from pathlib import Path
 
@@ -142,6 +143,8 @@ def close_trial_run(uri: str, experiment: str, name: str, trial_id: str, status:
     log.set_tag("tune.status", status)
     log.set_tag(TRIAL_TAG, trial_id)
     if run.info.status != "RUNNING":
+        if run.info.status != MLFLOW_STATUS[status]:
+            log.finish(MLFLOW_STATUS[status])
         return
     final = {k: v for k, v in (last_result or {}).items() if isinstance(v, (int, float, str)) and k != "config"}
     with tempfile.TemporaryDirectory(prefix="ple-adatt-") as d:
