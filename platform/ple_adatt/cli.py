@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import traceback
+from typing import NoReturn
 
 from ple_adatt.config.loading import ConfigError, load_config
 from ple_adatt.config.schema import ExperimentConfig
@@ -44,7 +45,7 @@ def config_parser(description: str, extra: list[tuple[str, str]] = ()) -> argpar
     return p
 
 
-def fail(err: Exception | str) -> "NoReturn":  # noqa: F821
+def fail(err: Exception | str) -> NoReturn:
     print(f"error: {err}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import pyarrow.dataset as pads
-import pytest
 import torch
 
 from ple_adatt.model.assembly import transfer_levels

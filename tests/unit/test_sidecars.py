@@ -8,7 +8,7 @@ import torch
 
 from ddp_harness import load_setup, train_rank
 from ple_adatt.config.loading import load_config
-from ple_adatt.data.preprocess import fit_preprocessing, input_shapes
+from ple_adatt.data.preprocess import input_shapes
 from ple_adatt.launch.inference import evaluate_checkpoint, load_model, prediction_columns
 from ple_adatt.model.sidecars import sidecars_of
 from ple_adatt.train.build import build_model, build_weighting

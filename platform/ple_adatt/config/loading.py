@@ -22,7 +22,6 @@ from ple_adatt.config.paths import (  # noqa: F401
     apply_overrides,
     dataset_value,
     get_path,
-    is_uri,
     load_dataset_dict,
     read_yaml,
     resolve_path,

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from ple_adatt.config.dataset import Section
-from ple_adatt.config.loading import ConfigError, read_yaml, validate
+from ple_adatt.config.loading import ConfigError
 from ple_adatt.config.paths import resolve_path
 
 Scalar = Union[bool, int, float, str, None]

@@ -16,11 +16,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ple_adatt.config.loading import config_to_yaml, validate
 from ple_adatt.config.paths import apply_values, set_path
 from ple_adatt.config.schema import ExperimentConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -57,7 +60,7 @@ def trial_status(error: bool, epochs: int, max_t: int | None) -> str:
     return "completed" if max_t is None or epochs >= max_t else "early_stopped"
 
 
-def trials_table(campaign, results) -> "pd.DataFrame":  # noqa: F821
+def trials_table(campaign, results) -> pd.DataFrame:
     """One row per trial: trial_id, status, epochs, objective value(s), params; sorted by objective."""
     import pandas as pd
 
@@ -245,7 +248,7 @@ def write_summary(campaign, results, out: Path) -> TuneSummary:
     counts = df["status"].value_counts().to_dict()
     lines = [f"# Tuning campaign {cc.name}", "",
              f"- base experiment: {campaign.base_cfg.name} ({cc.base}); overrides: {list(cc.overrides)}",
-             f"- objective: " + ", ".join(f"{m} ({mo})" for m, mo in zip(metrics, modes)),
+             "- objective: " + ", ".join(f"{m} ({mo})" for m, mo in zip(metrics, modes)),
              f"- scheduler: {cc.scheduler.model_dump() if cc.scheduler else 'none'}; sampler: {cc.sampler.model_dump()}",
              f"- trials: {len(df)} ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})",
              f"- Optuna study: sqlite:///{out / 'optuna.db'} (study name {cc.name})"]
