@@ -16,7 +16,7 @@ import torch
 from ple_adatt.config.loading import load_config
 from ple_adatt.data.files import DataError
 from ple_adatt.data.preprocess import Packer, fit_preprocessing
-from ple_adatt.data.quality import feature_report
+from ple_adatt.data.quality import FeatureReport, feature_report
 from ple_adatt.tracking.queries import quoted
 from ple_adatt.tracking.store import StoreError, check_free_space, disk_full_message, incomplete_store, prepare_sqlite_store
 
@@ -97,6 +97,17 @@ def test_nonfinite_and_unseen_are_counted_per_column_and_split(hostile_data):
     strict = load_config(TINY, [f"dataset={hostile_data}", "dataset.nonfinite=error"])
     with pytest.raises(DataError, match=r"splits.train: column 'x1' has 4 non-finite value\(s\)"):
         feature_report(strict.dataset, state, ("train", "val"))
+    # The train split counted inside fit_preprocessing's one scan equals a separate pass; with a
+    # max_vocab that drops categories, the dropped values count as unseen in train too.
+    for overrides in ([], ["dataset.groups.cat.max_vocab=2"]):
+        spec = load_config(TINY, [f"dataset={hostile_data}", *overrides]).dataset
+        one_scan = FeatureReport()
+        st = fit_preprocessing(spec, report=one_scan)
+        assert set(one_scan.nonfinite) == {"train"}
+        feature_report(spec, st, ("train", "val"), one_scan)
+        separate = feature_report(spec, st, ("train", "val"))
+        assert one_scan.nonfinite == separate.nonfinite and one_scan.unseen == separate.unseen
+    assert separate.unseen["train"]["c0"] > 0 and st.vocab["cat"][0] != state.vocab["cat"][0]
 
 
 def test_extreme_values_train_finite(hostile_data, one_thread):

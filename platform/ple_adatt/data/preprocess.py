@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 
 from ple_adatt.config.dataset import DatasetSpec
 from ple_adatt.data.files import parquet_dataset, split_files
-from ple_adatt.data.targets import fit_label_stats, standardise_label
+from ple_adatt.data.quality import FeatureReport, count_nonfinite
+from ple_adatt.data.targets import LabelStats, standardise_label
 
 EPS = 1e-6
 F32_MAX = float(np.finfo(np.float32).max)
@@ -79,10 +80,17 @@ def signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
-def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> PreprocessState:
-    """One streaming pass over the train split computing means/stds and vocabularies."""
+def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536, report: FeatureReport | None = None
+                      ) -> PreprocessState:
+    """One streaming pass over the train split: feature means/stds, vocabularies, label statistics
+    (data/targets.py) and, when `report` is given, the train split's data-quality counts
+    (data/quality.py: non-finite values, categories outside the kept vocabulary), so a run's start
+    reads the train split once."""
     files = split_files(spec, "train")
     cols = [c for g in spec.groups.values() for c in (g.columns if g.kind != "list" else [g.column])]
+    labels = LabelStats(spec)
+    nonfinite = {c: 0 for g in spec.groups.values() if g.kind != "categorical"
+                 for c in (g.columns if g.kind == "numeric" else [g.column])} if report is not None else {}
     sums: dict[str, np.ndarray] = {}
     sqs: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
@@ -92,10 +100,13 @@ def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> Preprocess
     rows = 0
     # No read-ahead: pyarrow's defaults decode up to 16 batches of 4 files ahead, which made the
     # driver's peak grow with the table (issue 16); one batch at a time keeps it bounded.
-    scanner = parquet_dataset(files).scanner(columns=cols, batch_size=batch_rows, batch_readahead=0,
-                                             fragment_readahead=0)
+    scanner = parquet_dataset(files).scanner(columns=list(dict.fromkeys(cols + labels.columns)),
+                                             batch_size=batch_rows, batch_readahead=0, fragment_readahead=0)
     for batch in scanner.to_batches():
         rows += batch.num_rows
+        labels.add(batch)
+        for c in nonfinite:
+            nonfinite[c] += count_nonfinite(batch.column(c))
         for name, g in spec.groups.items():
             if g.kind == "categorical":
                 for i, c in enumerate(g.columns):
@@ -115,11 +126,14 @@ def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> Preprocess
             sums[name] = sums.get(name, 0) + x.sum(0)
             sqs[name] = sqs.get(name, 0) + (x * x).sum(0)
             counts[name] = counts.get(name, 0) + ok.sum(0)
-    state = PreprocessState(train_rows=rows, targets=fit_label_stats(spec, files, batch_rows))
+    state = PreprocessState(train_rows=rows, targets=labels.result())
+    unseen = {}
     for name, g in spec.groups.items():
         if g.kind == "categorical":
             state.vocab[name] = [[v for v, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[: g.max_vocab - 1]]
                                  for c in vocab_counts[name]]
+            for col, counter, kept in zip(g.columns, vocab_counts[name], state.vocab[name]):
+                unseen[col] = sum(counter.values()) - sum(counter[v] for v in kept)  # past max_vocab
         elif name in sums:
             n = np.maximum(counts[name], 1)
             mean = sums[name] / n
@@ -129,6 +143,8 @@ def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536) -> Preprocess
     if spec.cluster_probs:
         first = parquet_dataset(files[:1]).head(1, columns=[spec.cluster_probs]).column(0)
         state.cluster_k = first.type.list_size if pa.types.is_fixed_size_list(first.type) else len(first[0].as_py())
+    if report is not None:
+        report.nonfinite["train"], report.unseen["train"] = nonfinite, unseen
     return state
 
 

@@ -1,7 +1,9 @@
 """What the packer will silently change, counted before Ray starts: non-finite feature values
 (replaced by 0) and categories unseen in the train split (mapped to the out-of-vocabulary index 0).
 
-    report = feature_report(spec, state, ("train", "val"))   # one streaming pass per split
+    report = FeatureReport()
+    state = fit_preprocessing(spec, report=report)          # counts the train split in its own scan
+    feature_report(spec, state, ("train", "val"), report)  # one streaming pass per split not yet counted
     report.nonfinite["val"]["x0"]   # NaN, +-inf, or beyond float32 range (the packer's dtype)
     report.unseen["val"]["c0"]      # values not in the train vocabulary (incl. those past max_vocab)
 
@@ -55,7 +57,7 @@ def _param_safe(column: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in column)
 
 
-def _nonfinite(arr: pa.ChunkedArray | pa.Array) -> int:
+def count_nonfinite(arr: pa.ChunkedArray | pa.Array) -> int:
     """Non-null values that are not finite once cast to float32 (what the packer feeds the model)."""
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
         arr = pc.list_flatten(arr)
@@ -67,22 +69,25 @@ def _nonfinite(arr: pa.ChunkedArray | pa.Array) -> int:
 
 
 def feature_report(spec: DatasetSpec, state, splits: tuple[str, ...] = ("train", "val"),
-                   batch_rows: int = 65_536) -> FeatureReport:
+                   report: FeatureReport | None = None, batch_rows: int = 65_536) -> FeatureReport:
     """Count non-finite values of every numeric/list column and unseen categories of every
-    categorical column, per split (column-projected record batches: bounded memory). With
-    `spec.nonfinite == "error"`, any non-finite count raises DataError."""
-    rep = FeatureReport()
+    categorical column, per split (column-projected record batches: bounded memory). Splits
+    already in `report` (the train split, counted by `fit_preprocessing(spec, report=...)`) are not
+    read again. With `spec.nonfinite == "error"`, any non-finite count raises DataError."""
+    rep = report if report is not None else FeatureReport()
     numeric = [c for g in spec.groups.values() if g.kind == "numeric" for c in g.columns]
     lists = [g.column for g in spec.groups.values() if g.kind == "list"]
     cats = {c: pa.array(state.vocab[name][i], pa.string())
             for name, g in spec.groups.items() if g.kind == "categorical" for i, c in enumerate(g.columns)}
     for split in splits:
+        if split in rep.nonfinite:
+            continue
         nf = dict.fromkeys(numeric + lists, 0)
         un = dict.fromkeys(cats, 0)
         scanner = parquet_dataset(split_files(spec, split)).scanner(columns=list(nf) + list(un), batch_size=batch_rows)
         for batch in scanner.to_batches():
             for c in nf:
-                nf[c] += _nonfinite(batch.column(c))
+                nf[c] += count_nonfinite(batch.column(c))
             for c, vocab in cats.items():
                 col = batch.column(c).cast(pa.string())
                 un[c] += int(pc.sum(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=vocab)))).as_py() or 0)

@@ -1,7 +1,7 @@
 """Label statistics of the train split and the scale the model sees its targets on.
 
-`fit_label_stats` streams the label columns of the train split once (bounded memory) and returns,
-per task, what `PreprocessState.targets` stores (plain JSON, saved in every checkpoint):
+`LabelStats` accumulates the label columns of the train split batch by batch, inside
+`fit_preprocessing`'s one streaming scan (bounded memory), and returns, per task, what `PreprocessState.targets` stores (plain JSON, saved in every checkpoint):
 
     binary       {"type": "binary", "n": rows, "rate": P(y=1)}
     multiclass   {"type": "multiclass", "n": rows, "prior": [P(y=c) for c in range(C)]}
@@ -22,52 +22,60 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ple_adatt.config.dataset import DatasetSpec
-from ple_adatt.data.files import parquet_dataset
 
 PRIOR_FLOOR = 1e-4
 """Smallest rate/class prior used for a bias (a class absent from train would give -inf)."""
 
 
-def fit_label_stats(spec: DatasetSpec, files: list[str], batch_rows: int = 65_536) -> dict[str, dict]:
-    """One pass over the train split's label columns -> {task: stats} (the module docstring's format)."""
-    cols = list(dict.fromkeys(t.label for t in spec.tasks))
-    acc: dict[str, dict] = {t.name: {"n": 0, "s": 0.0, "ss": 0.0, "counts": np.zeros(t.num_classes or 2)}
-                            for t in spec.tasks}
-    for batch in parquet_dataset(files).scanner(columns=cols, batch_size=batch_rows).to_batches():
-        for t in spec.tasks:
+class LabelStats:
+    """Streaming accumulator of the train split's label statistics: `add` each record batch (it
+    must hold every task's label column), then `result()` -> {task: stats} (the module docstring's
+    format). Lets `fit_preprocessing` read labels in the same scan as the features."""
+
+    def __init__(self, spec: DatasetSpec):
+        self.tasks = list(spec.tasks)
+        self.columns = list(dict.fromkeys(t.label for t in self.tasks))
+        self.acc: dict[str, dict] = {t.name: {"n": 0, "s": 0.0, "ss": 0.0, "counts": np.zeros(t.num_classes or 2)}
+                                     for t in self.tasks}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        for t in self.tasks:
             col = batch.column(t.label)
             col = col.filter(pc.invert(pc.is_null(col)))
             if t.type in ("multiclass", "contrastive"):
                 y = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
                 y = y[(y >= 0) & (y < t.num_classes)]
-                acc[t.name]["counts"] += np.bincount(y, minlength=t.num_classes)[: t.num_classes]
-                acc[t.name]["n"] += len(y)
+                self.acc[t.name]["counts"] += np.bincount(y, minlength=t.num_classes)[: t.num_classes]
+                self.acc[t.name]["n"] += len(y)
                 continue
             y = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
             y = y[np.isfinite(y)]
             if t.type == "regression" and len(y):
                 # shifted sums: the first batch's mean as the shift keeps the variance exact for large means
-                shift = acc[t.name].setdefault("shift", float(y.mean()))
+                shift = self.acc[t.name].setdefault("shift", float(y.mean()))
                 y = y - shift
-            acc[t.name]["n"] += len(y)
-            acc[t.name]["s"] += float(y.sum())
-            acc[t.name]["ss"] += float((y * y).sum())
-    out = {}
-    for t in spec.tasks:
-        a, n = acc[t.name], acc[t.name]["n"]
-        if t.type == "binary":
-            out[t.name] = {"type": "binary", "n": n, "rate": a["s"] / n if n else math.nan}
-        elif t.type == "multiclass":
-            out[t.name] = {"type": "multiclass", "n": n, "prior": (a["counts"] / max(n, 1)).tolist()}
-        elif t.type == "regression":
-            mean = a["s"] / n if n else 0.0
-            var = max(a["ss"] / n - mean**2, 0.0) if n else 1.0
-            std = math.sqrt(var)
-            out[t.name] = {"type": "regression", "n": n, "mean": mean + a.get("shift", 0.0),
-                           "std": std if std > 1e-12 else 1.0}  # a constant target passes through centred
-        else:
-            out[t.name] = {"type": "contrastive", "n": n}
-    return out
+            self.acc[t.name]["n"] += len(y)
+            self.acc[t.name]["s"] += float(y.sum())
+            self.acc[t.name]["ss"] += float((y * y).sum())
+
+    def result(self) -> dict[str, dict]:
+        acc = self.acc
+        out = {}
+        for t in self.tasks:
+            a, n = acc[t.name], acc[t.name]["n"]
+            if t.type == "binary":
+                out[t.name] = {"type": "binary", "n": n, "rate": a["s"] / n if n else math.nan}
+            elif t.type == "multiclass":
+                out[t.name] = {"type": "multiclass", "n": n, "prior": (a["counts"] / max(n, 1)).tolist()}
+            elif t.type == "regression":
+                mean = a["s"] / n if n else 0.0
+                var = max(a["ss"] / n - mean**2, 0.0) if n else 1.0
+                std = math.sqrt(var)
+                out[t.name] = {"type": "regression", "n": n, "mean": mean + a.get("shift", 0.0),
+                               "std": std if std > 1e-12 else 1.0}  # a constant target passes through centred
+            else:
+                out[t.name] = {"type": "contrastive", "n": n}
+        return out
 
 
 def standardise_label(stats: dict | None, y: np.ndarray) -> np.ndarray:

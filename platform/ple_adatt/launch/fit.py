@@ -22,7 +22,7 @@ from ple_adatt.config.loading import config_to_yaml, flatten
 from ple_adatt.config.schema import ExperimentConfig
 from ple_adatt.data.files import check_dataset
 from ple_adatt.data.preprocess import Packer, PreprocessState, fit_preprocessing
-from ple_adatt.data.quality import check_list_lengths, feature_report
+from ple_adatt.data.quality import FeatureReport, check_list_lengths, feature_report
 from ple_adatt.data.reading import read_split
 from ple_adatt.data.targets import rare_task_advice
 from ple_adatt.tracking import mlflow_tracking as mt
@@ -167,9 +167,10 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, callbacks: list |
     check_checkpoint_metric(cfg)
     rows = check_dataset(cfg.dataset, ("train", "val"), cfg.task_names())  # before any worker starts
     check_list_lengths(cfg.dataset, ("train", "val"))
-    state = fit_preprocessing(cfg.dataset)
+    quality = FeatureReport()
+    state = fit_preprocessing(cfg.dataset, report=quality)  # one scan of train: statistics and its quality counts
     model = check_model_builds(cfg, state)  # a config the workers could not build fails here, before Ray
-    quality = feature_report(cfg.dataset, state, ("train", "val"))  # raises under dataset.nonfinite=error
+    feature_report(cfg.dataset, state, ("train", "val"), quality)  # val's scan; raises under dataset.nonfinite=error
     for line in quality.lines() if verbose else []:
         print(f"[ple-adatt] {line}", flush=True)
     if verbose:
