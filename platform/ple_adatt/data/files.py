@@ -62,6 +62,18 @@ def parquet_dataset(files: list[str]) -> pads.Dataset:
     return pads.dataset([storage.filesystem(f)[1] for f in files], format="parquet", filesystem=fs)
 
 
+def iter_batches(files: list[str], columns: list[str], batch_rows: int = 65_536):
+    """Record batches of `columns`, file by file and row group by row group (local or URIs).
+
+    Bounded memory for driver-side scans: at most one row group is decoded at a time. The dataset
+    scanner (`parquet_dataset(...).scanner`) pre-buffers column chunks and kept up to 0.5 GB of
+    Arrow memory alive on a 2-file, 1M-row table even with read-ahead off (issue 16)."""
+    for f in files:
+        fs, path = storage.filesystem(f)
+        with fs.open_input_file(path) as src:
+            yield from pq.ParquetFile(src).iter_batches(batch_size=batch_rows, columns=columns)
+
+
 def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
 

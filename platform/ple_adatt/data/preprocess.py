@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ple_adatt.config.dataset import DatasetSpec
-from ple_adatt.data.files import parquet_dataset, split_files
+from ple_adatt.data.files import iter_batches, parquet_dataset, split_files
 from ple_adatt.data.quality import FeatureReport, count_nonfinite
 from ple_adatt.data.targets import LabelStats, standardise_label
 
@@ -98,11 +98,8 @@ def fit_preprocessing(spec: DatasetSpec, batch_rows: int = 65_536, report: Featu
         name: [Counter() for _ in g.columns] for name, g in spec.groups.items() if g.kind == "categorical"
     }
     rows = 0
-    # No read-ahead: pyarrow's defaults decode up to 16 batches of 4 files ahead, which made the
-    # driver's peak grow with the table (issue 16); one batch at a time keeps it bounded.
-    scanner = parquet_dataset(files).scanner(columns=list(dict.fromkeys(cols + labels.columns)),
-                                             batch_size=batch_rows, batch_readahead=0, fragment_readahead=0)
-    for batch in scanner.to_batches():
+    # iter_batches: one row group decoded at a time (the dataset scanner's pre-buffering grew with the table)
+    for batch in iter_batches(files, list(dict.fromkeys(cols + labels.columns)), batch_rows):
         rows += batch.num_rows
         labels.add(batch)
         for c in nonfinite:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ple_adatt.config.dataset import DatasetSpec
-from ple_adatt.data.files import DataError, parquet_dataset, split_files
+from ple_adatt.data.files import DataError, iter_batches, split_files
 
 LIST_CHECK_ROWS = 10_000
 """Rows per file whose list lengths `list_length_problems` checks (the first ones: a sample)."""
@@ -84,8 +84,7 @@ def feature_report(spec: DatasetSpec, state, splits: tuple[str, ...] = ("train",
             continue
         nf = dict.fromkeys(numeric + lists, 0)
         un = dict.fromkeys(cats, 0)
-        scanner = parquet_dataset(split_files(spec, split)).scanner(columns=list(nf) + list(un), batch_size=batch_rows)
-        for batch in scanner.to_batches():
+        for batch in iter_batches(split_files(spec, split), list(nf) + list(un), batch_rows):
             for c in nf:
                 nf[c] += count_nonfinite(batch.column(c))
             for c, vocab in cats.items():
