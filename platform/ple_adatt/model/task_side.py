@@ -151,7 +151,7 @@ class GroupTaskExpertBasket(nn.Module):
             lo = hi
             rest = lin.weight[:, d:]                                                 # [H1, H + C]
             base = lin.bias if e is None else F.linear(e, rest[:, self.hmm_dim:], lin.bias)  # [B, H1] or [H1]
-            hmm_part: dict[str | None, torch.Tensor] = {}                            # mode -> [B, H1]
+            hmm_part: dict[str, torch.Tensor] = {}                                   # mode -> [B, H1]
             for i, t in enumerate(tasks):
                 mode = self.task_modes.get(t) if self.hmm_dim else None
                 if mode is not None and mode not in hmm_part:
