@@ -63,6 +63,19 @@ def test_leave_one_out_and_no_basket(setup):
     assert m(batch)["ctr"].shape == (64,)
 
 
+def test_basket_reads_the_gate_factored_only_when_cgc_attention_is_the_only_gate(setup, one_thread):
+    """The basket's factored first layer (gates.BlockScaled) needs the task representation to be
+    CGCAttention's output alone; with `both` (CGCLayer output concatenated) the basket must get no factors."""
+    cfg, state, batch = setup
+    for kind, factored in (("attention", True), ("both", False)):
+        _, m = _model(cfg, state, f"model.gate.kind={kind}", "model.experts.use=[deepfm, hgcn]")
+        reps, f = m.shared.gated(batch)
+        assert (f is not None) == factored, kind
+        if f is not None:
+            assert all(torch.equal(a, b) for a, b in zip(f.expand().values(), reps.values()))
+        assert m(batch)["ctr"].shape == (64,)
+
+
 def test_adatt_runs_on_the_full_model(setup):
     cfg, state, batch = setup
     cfg, model = _model(cfg, state, "adatt.enabled=true", "adatt.grad_interval=1")

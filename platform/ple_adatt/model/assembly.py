@@ -6,7 +6,9 @@
           -> towers (TaskTower logits; ContrastiveTower similarities / tau)    {task: logits}
 
 The towers of one DAG level run as one stacked matmul per layer (``batched``; model/towers.py
-stacked_towers): the same parameters and math as the per-task loop (``batched = False``).
+stacked_towers): the same parameters and math as the per-task loop (``batched = False``). With the
+CGCAttention gate alone, the group basket's first layer reads the gate's output in factored form
+(gates.BlockScaled; GroupTaskExpertBasket._factored_forward) when stacked.
 
 Without the basket, a task's tower reads its gated representation concatenated with its HMM
 projection; with `basket_skip` it reads that and the basket output side by side. Blocks are built
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ple_adatt.model.shared_side import SharedExtractor
+from ple_adatt.model.task_side import GroupTaskExpertBasket
 from ple_adatt.model.towers import stackable_groups, stacked_towers, tower_signature
 
 
@@ -48,7 +51,7 @@ class HeteroPLE(nn.Module):
 
     def task_inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{task: [B, D_in(tower)]}: the representation each tower (after logit transfer) reads."""
-        reps = self.shared(batch)                                              # {t: [B, D_t]}
+        reps, factored = self.shared.gated(batch)                              # {t: [B, D_t]}, BlockScaled | None
         hmm, modes = self.shared.hmm, None
         if hmm is not None:  # each mode projected once; the basket takes every mode, towers their task's
             needed = hmm.modes if self.basket is not None else sorted(set(hmm.task_modes.values()))
@@ -56,7 +59,8 @@ class HeteroPLE(nn.Module):
         own = reps if modes is None else {t: torch.cat([reps[t], modes[hmm.task_modes[t]]], dim=1) for t in self.tasks}
         if self.basket is None:
             return own
-        out = self.basket(reps, modes, cluster_probs=batch.get("cluster_probs"))          # {t: [B, 32]}
+        kw = {"factored": factored} if factored is not None and isinstance(self.basket, GroupTaskExpertBasket) else {}
+        out = self.basket(reps, modes, cluster_probs=batch.get("cluster_probs"), **kw)   # {t: [B, 32]}
         return {t: torch.cat([out[t], own[t]], dim=1) for t in self.tasks} if self.basket_skip else out
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:

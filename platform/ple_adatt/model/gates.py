@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,23 @@ class _LastForward(dict):
 
     def __reduce__(self):
         return (_LastForward, ())
+
+
+class BlockScaled(NamedTuple):
+    """CGCAttention's output in factored form: task k's output is h with block i scaled by
+    scales[k][:, i] (= w_{k,i} * s_i). A consumer whose first layer is linear can project h's blocks
+    once for all tasks instead of once per task (model/task_side.GroupTaskExpertBasket).
+
+    h [B, D]; scales {task: [B, E]}; block_dims [E] (sum D); block_index [D]: the block of each column."""
+
+    h: Tensor
+    scales: dict[str, Tensor]
+    block_dims: list[int]
+    block_index: Tensor
+
+    def expand(self) -> dict[str, Tensor]:
+        """{task: [B, D]}: h with each block scaled, the CGCAttention output."""
+        return {t: torch.index_select(s, 1, self.block_index) * self.h for t, s in self.scales.items()}
 
 
 class CGCAttention(nn.Module):
@@ -122,18 +140,21 @@ class CGCAttention(nn.Module):
 
     def forward(self, h: Tensor) -> dict[str, Tensor]:
         """h [B, D] (the shared concat, blocks in `expert_names` order) -> {task: [B, D]}."""
+        return self.factored(h).expand()
+
+    def factored(self, h: Tensor) -> BlockScaled:
+        """h [B, D] -> the same output as `forward`, unexpanded: h and each task's block scales w_k * s."""
         if h.shape[-1] != self.out_dim:
             raise ValueError(f"CGCAttention expects [B, {self.out_dim}], got {list(h.shape)}")
         # One small graph per task rather than one [B, T, D] tensor for all: adaTT takes a separate
         # backward per task loss, and each would otherwise pay for every task's gate (spec §7.1).
-        out, weights = {}, []
+        scales, weights = {}, []
         for t, wt, bt in zip(self.tasks, self.weight.unbind(0), self.bias.unbind(0)):
             w = gate_probs(F.linear(h, wt, bt), self.gate_type)             # [B, E]
             weights.append(w)
-            col = torch.index_select(w * self.scales, 1, self.block_index)  # [B, D]: each block's w * s_i
-            out[t] = col * h
+            scales[t] = w * self.scales
         self._last["weights"] = torch.stack(weights, dim=1)                # [B, T, E]
-        return out
+        return BlockScaled(h, scales, self.block_dims, self.block_index)
 
     def entropy_loss(self) -> Tensor:
         """lambda_ent * (-mean_k mean_b H(w_k)) of the last forward (scalar); 0 if frozen, in eval, or before a forward."""

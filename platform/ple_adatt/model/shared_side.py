@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .experts import EXPERTS
 from .experts._io import head_parameters
-from .gates import CGCAttention, CGCLayer, _LastForward, entropy_ratio
+from .gates import BlockScaled, CGCAttention, CGCLayer, _LastForward, entropy_ratio
 from .routing import FeatureRouter, GroupDecl, HMMProjector
 
 GATES = ("attention", "layer", "both")
@@ -53,12 +53,19 @@ class SharedExtractor(nn.Module):
         return {n: m(batch) for n, m in self.experts.items()}
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return self.gated(batch)[0]
+
+    def gated(self, batch: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], BlockScaled | None]:
+        """forward's {task: [B, task_out_dim]}, plus the same output in factored form (CGCAttention's
+        `BlockScaled`) when CGCAttention is the only gate, else None."""
         outs = self.expert_outputs(batch)
         h = torch.cat(list(outs.values()), dim=1)                               # [B, D]
         self._last["shared"] = h  # adaTT's representation-affinity mode (one batch; not copied/pickled)
         parts: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
+        factored = None
         if self.attention is not None:
-            for t, x in self.attention(h).items():                              # [B, D] each
+            factored = self.attention.factored(h)
+            for t, x in factored.expand().items():                              # [B, D] each
                 parts[t].append(x)
         if len(self.layers):
             task_in, shared_in = {t: h for t in self.tasks}, h
@@ -66,7 +73,8 @@ class SharedExtractor(nn.Module):
                 task_in, shared_in = layer(task_in, shared_in, list(outs.values()) if i == 0 else ())
             for t in self.tasks:
                 parts[t].append(task_in[t])                                     # [B, expert_dim]
-        return {t: p[0] if len(p) == 1 else torch.cat(p, dim=1) for t, p in parts.items()}
+        reps = {t: p[0] if len(p) == 1 else torch.cat(p, dim=1) for t, p in parts.items()}
+        return reps, None if len(self.layers) else factored
 
     @property
     def last_shared(self) -> Tensor | None:

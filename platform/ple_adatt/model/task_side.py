@@ -16,8 +16,10 @@ import heapq
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ple_adatt.model.gates import BlockScaled
 from ple_adatt.model.layers import mlp, mlp_signature, stacked_mlp
 from ple_adatt.model.towers import activate, stackable_groups
 
@@ -98,10 +100,15 @@ class GroupTaskExpertBasket(nn.Module):
         hmm: Mapping[str, torch.Tensor] | None = None,
         cluster_probs: torch.Tensor | None = None,
         cluster_ids: torch.Tensor | None = None,
+        factored: BlockScaled | None = None,
     ) -> dict[str, torch.Tensor]:
         """task_reprs: task -> [B, D_t]; hmm: mode -> [B, H]; cluster_probs [B, K] (soft) or
-        cluster_ids [B] (hard, only used when cluster_probs is None). Returns task -> [B, O]."""
+        cluster_ids [B] (hard, only used when cluster_probs is None). Returns task -> [B, O].
+        ``factored``: ``task_reprs`` as CGCAttention's BlockScaled (same values); when given, the
+        stacked form projects the shared concat once per block instead of once per task."""
         e = None if self.cluster_embed is None else _cluster_embedding(self.cluster_embed, cluster_probs, cluster_ids)
+        if self.batched and factored is not None:
+            return self._factored_forward(factored, task_reprs, hmm, e)
         xs = {task: torch.cat([h, *_hmm_slice(self, task, h, hmm), *([e] if e is not None else [])], dim=-1)
               for task, h in task_reprs.items()}
         if not self.batched:
@@ -115,6 +122,49 @@ class GroupTaskExpertBasket(nn.Module):
             y = stacked_mlp(encoders, torch.stack([xs[t] for t in tasks]))                 # [T, B, O]
             out.update({t: y[i] for i, t in enumerate(tasks)})
         return out
+
+    def _factored_forward(self, f: BlockScaled, task_reprs: Mapping[str, torch.Tensor],
+                          hmm: Mapping[str, torch.Tensor] | None, e: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The stacked form with the first Linear factored (same math, other rounding). Task t's input
+        is x_t = [c_t ‖ hmm_t ‖ e] with c_t = h scaled block-wise by a_t [B, E] (CGCAttention), so
+
+            W1 x_t + b = Σ_i a_{t,i} (W1[:, block i] h[:, block i]) + W1_hmm hmm_t + W1_e e + b:
+
+        the per-block projections P [B, E, H1] of h are computed once for every group's W1 (one
+        matmul per block), and each task only mixes its group's P with its E weights. Dropout comes
+        after the first Linear (layers.mlp), so the factoring leaves it in place."""
+        d = f.h.shape[-1]
+        by_group: dict[str, list[str]] = {}
+        for t, x in task_reprs.items():
+            if x.shape[-1] != d:
+                raise ValueError(f"task {t!r}: representation width {x.shape[-1]} != factored width {d}")
+            by_group.setdefault(self.task_groups[t], []).append(t)
+        firsts = [self.encoders[g][0] for g in by_group]                             # nn.Linear each
+        w_h = torch.cat([lin.weight[:, :d] for lin in firsts])                       # [sum H1, D]
+        p = torch.stack([hb @ wb.T for hb, wb in zip(f.h.split(f.block_dims, 1), w_h.split(f.block_dims, 1))],
+                        dim=1)                                                       # [B, E, sum H1]
+        z, lo = {}, 0
+        for lin, (g, tasks) in zip(firsts, by_group.items()):
+            hi = lo + lin.out_features
+            a = torch.stack([f.scales[t] for t in tasks])                            # [T_g, B, E]
+            zg = torch.einsum("tbe,beh->tbh", a, p[..., lo:hi])                      # [T_g, B, H1]
+            lo = hi
+            rest = lin.weight[:, d:]                                                 # [H1, H + C]
+            base = lin.bias if e is None else F.linear(e, rest[:, self.hmm_dim:], lin.bias)  # [B, H1] or [H1]
+            hmm_part: dict[str, torch.Tensor] = {}                                   # mode -> [B, H1]
+            for i, t in enumerate(tasks):
+                mode = self.task_modes.get(t) if self.hmm_dim else None
+                if mode is not None and mode not in hmm_part:
+                    x = _hmm_slice(self, t, f.h, hmm)[0]
+                    hmm_part[mode] = x @ rest[:, : self.hmm_dim].T
+                zt = zg[i] if base is None else zg[i] + base
+                z[t] = zt if mode is None else zt + hmm_part[mode]
+        tails = {t: self.encoders[self.task_groups[t]][1:] for t in z}
+        out = {}
+        for tasks in stackable_groups({t: mlp_signature(m) for t, m in tails.items()}, list(z)):
+            y = stacked_mlp([tails[t] for t in tasks], torch.stack([z[t] for t in tasks]))  # [T, B, O]
+            out.update({t: y[i] for i, t in enumerate(tasks)})
+        return {t: out[t] for t in task_reprs}
 
 
 def _with_width(signature: tuple | None, width: int) -> tuple | None:
