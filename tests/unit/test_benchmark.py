@@ -64,3 +64,36 @@ def test_rss_sampler_sees_this_process_and_its_children():
     peaks = rss.peaks_mb()
     assert peaks["tree"] >= 200 and peaks["root"] > 0  # the child's 200 MiB counted
     assert peaks["workers"] == 0  # no Ray worker here
+
+
+def test_tree_memory_counts_shared_pages_once():
+    """A process and its fork both reading the same 200 MiB of shared memory (as Ray workers read
+    the object store): the tree's figure is PSS, so it stays near 200 MiB where an RSS sum says 400+."""
+    import subprocess
+    import sys
+
+    from ple_adatt.launch.memory import TreeRssSampler, process_tree, rss_bytes
+
+    code = """
+import mmap, os, sys, time
+m = mmap.mmap(-1, 200 * 2**20)          # anonymous and shared: the fork sees the same pages
+for _ in range(200):
+    m.write(b"x" * 2**20)
+if os.fork() == 0:
+    _ = m[::4096]                        # the fork touches every page: resident in both
+    sys.stdout.write("ready\\n"); sys.stdout.flush()
+    time.sleep(5); os._exit(0)
+time.sleep(5.5)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        sampler = TreeRssSampler(root=proc.pid)
+        sampler.sample()
+        tree_mb = sampler.peaks_mb()["tree"]
+        rss_sum_mb = sum(rss_bytes(p) for p in process_tree(proc.pid)) / 2**20
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rss_sum_mb >= 400, rss_sum_mb          # what an RSS sum would report
+    assert 200 <= tree_mb < 300, tree_mb           # the shared pages once, plus two small interpreters
