@@ -6,7 +6,7 @@ Writes baseline.json + baseline.csv (default: <run.storage_path>/<run name>-gbdt
 with the model's metric names (val/<task>/auc, test/<task>/rmse, ...). Compare with a model run:
     python jobs/evaluate.py --run runs/<name> --data val --baseline runs/<name>-gbdt
 """
-from ple_adatt.cli import fail, parse_experiment
+from ple_adatt.cli import fail, parse_experiment, run_job
 from ple_adatt.data.files import DataError
 from ple_adatt.launch.baseline import run_baseline
 
@@ -26,4 +26,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)
