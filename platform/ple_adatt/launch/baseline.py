@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from ple_adatt.data.files import check_dataset, parquet_dataset, split_files
 from ple_adatt.data.preprocess import Packer, PreprocessState, fit_preprocessing
 from ple_adatt.data.targets import original_units
 from ple_adatt.train.metrics import evaluate_predictions
+from ple_adatt.train.reporting import fmt_duration, say
 
 LGBM_PARAMS = {"learning_rate": 0.05, "num_leaves": 31, "min_child_samples": 20, "feature_fraction": 0.9,
                "bagging_fraction": 0.9, "bagging_freq": 1, "lambda_l2": 1.0, "verbose": -1, "num_threads": 1}
@@ -131,7 +133,14 @@ def run_baseline(cfg: ExperimentConfig, out_dir: str | None = None, verbose: boo
     tasks = cfg.task_names()
     futures = {t: fit_remote.remote(t, cfg.dataset.task(t).type, cfg.dataset.task(t).num_classes, ref, cfg.train.seed)
                for t in tasks}
-    fitted = dict(zip(futures, ray.get(list(futures.values()))))
+    fitted, pending, t0 = {}, {f: t for t, f in futures.items()}, time.perf_counter()
+    while pending:  # one line per finished task: a many-class task can take minutes
+        done, _ = ray.wait(list(pending), num_returns=1)
+        task = pending.pop(done[0])
+        fitted[task] = ray.get(done[0])
+        if verbose:
+            say(f"[ple-adatt] gbdt {task}: {fitted[task]['rounds']} rounds ({len(fitted)}/{len(tasks)} tasks, "
+                f"{fmt_duration(time.perf_counter() - t0)})")
     metrics = {k: v for t in tasks for k, v in fitted[t]["metrics"].items()}
     result = {"dataset": cfg.dataset.name, "model": "lightgbm", "params": {**LGBM_PARAMS, "max_rounds": MAX_ROUNDS,
               "early_stopping_rounds": EARLY_STOP}, "features": len(data["train"]["names"]),
