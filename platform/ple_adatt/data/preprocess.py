@@ -197,6 +197,19 @@ class Packer:
         return out
 
 
+def packed_batches(spec: DatasetSpec, state: PreprocessState, tasks: list[str], split: str,
+                   batch_rows: int = 8192):
+    """A split read on this process (no Ray), one row group at a time (files.iter_batches), packed
+    with labels and oracles: yields the Packer's {name: array} per non-empty batch, in file order.
+    For evaluate/predict-style passes and the GBDT reference's feature matrix."""
+    packer = Packer(spec, state, tasks, with_oracles=True)
+    cols = list(dict.fromkeys(spec.input_columns() + [spec.task(t).label for t in tasks]
+                              + [spec.task(t).oracle for t in tasks if spec.task(t).oracle]))
+    for rb in iter_batches(split_files(spec, split), cols, batch_rows):
+        if rb.num_rows:
+            yield packer(pa.Table.from_batches([rb]))
+
+
 def input_shapes(spec: DatasetSpec, state: PreprocessState) -> dict[str, dict]:
     """What the model builder needs to know about each input key (no data needed)."""
     shapes: dict[str, dict] = {}

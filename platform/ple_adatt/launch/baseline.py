@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from ple_adatt.config import storage
 from ple_adatt.config.schema import ExperimentConfig
-from ple_adatt.data.files import check_dataset, parquet_dataset, split_files
-from ple_adatt.data.preprocess import Packer, PreprocessState, fit_preprocessing
+from ple_adatt.data.files import check_dataset
+from ple_adatt.data.preprocess import PreprocessState, fit_preprocessing, packed_batches
 from ple_adatt.data.targets import original_units
 from ple_adatt.train.metrics import evaluate_predictions
 from ple_adatt.train.reporting import fmt_duration, say
@@ -44,13 +43,7 @@ def feature_matrix(cfg: ExperimentConfig, state: PreprocessState, split: str, ba
     """One split packed like the model's inputs -> {"X" [N, F] float32, "names" [F], "categorical"
     [indices], "label/<t>", "mask/<t>", "oracle/<t>"} (labels in original units)."""
     spec, tasks = cfg.dataset, cfg.task_names()
-    packer = Packer(spec, state, tasks, with_oracles=True)
-    cols = list(dict.fromkeys(spec.input_columns() + [spec.task(t).label for t in tasks]
-                              + [spec.task(t).oracle for t in tasks if spec.task(t).oracle]))
-    parts: list[dict] = []
-    for rb in parquet_dataset(split_files(spec, split)).scanner(columns=cols, batch_size=batch_rows).to_batches():
-        if rb.num_rows:
-            parts.append(packer(pa.Table.from_batches([rb])))
+    parts = list(packed_batches(spec, state, tasks, split, batch_rows))
     packed = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     blocks, names, categorical = [], [], []
     for key in sorted(k for k in packed if k.split("/", 1)[0] in ("feat", "cat", "hmm") or k == "cluster_probs"):

@@ -20,9 +20,9 @@ from ple_adatt.config import storage
 from ple_adatt.config.dataset import DatasetSpec
 from ple_adatt.config.loading import load_dataset
 from ple_adatt.config.schema import ExperimentConfig
-from ple_adatt.data.files import check_dataset, parquet_dataset, split_files
+from ple_adatt.data.files import check_dataset, parquet_dataset
 from ple_adatt.data.reading import read_split
-from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes
+from ple_adatt.data.preprocess import Packer, PreprocessState, input_shapes, packed_batches
 from ple_adatt.data.quality import feature_report
 from ple_adatt.data.targets import original_units, to_original_units
 from ple_adatt.model.sidecars import sidecars_of
@@ -79,13 +79,8 @@ def resolve_data(cfg: ExperimentConfig, data: str, split: str | None) -> tuple[D
 
 
 def _torch_batches(spec: DatasetSpec, state: PreprocessState, tasks: list[str], split: str, batch_rows: int):
-    packer = Packer(spec, state, tasks, with_oracles=True)
-    cols = list(dict.fromkeys(spec.input_columns() + [spec.task(t).label for t in tasks]
-                              + [spec.task(t).oracle for t in tasks if spec.task(t).oracle]))
-    scanner = parquet_dataset(split_files(spec, split)).scanner(columns=cols, batch_size=batch_rows)
-    for rb in scanner.to_batches():
-        if rb.num_rows:
-            yield to_tensors(packer(pa.Table.from_batches([rb])))
+    for arrays in packed_batches(spec, state, tasks, split, batch_rows):
+        yield to_tensors(arrays)
 
 
 def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
